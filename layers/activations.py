@@ -1,0 +1,58 @@
+"""Activations of the MobileNet family as serializable layers."""
+
+import keras
+from keras import ops
+
+_PACKAGE = "keras_mobilenets"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class HardSigmoid(keras.layers.Layer):
+    """Hard sigmoid, `ReLU6(x + 3) / 6`, as in MobileNetV3.
+
+    This is the exact piecewise-linear form used by keras.applications and
+    timm (not Keras 2's `0.2 * x + 0.5`).
+    """
+
+    def call(self, x):
+        return ops.relu6(x + 3.0) * (1.0 / 6.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class HardSwish(keras.layers.Layer):
+    """Hard swish, `x * ReLU6(x + 3) / 6`, as in MobileNetV3."""
+
+    def call(self, x):
+        return x * (ops.relu6(x + 3.0) * (1.0 / 6.0))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+ACTIVATIONS = ("relu", "relu6", "hard_swish", "gelu")
+
+
+def get_activation(name, layer_name=None):
+    """Return a fresh activation layer for `name`, or None for no activation.
+
+    Args:
+        name: one of `ACTIVATIONS` or None.
+        layer_name: name of the returned layer.
+    """
+    if name is None:
+        return None
+    if name == "relu":
+        return keras.layers.ReLU(name=layer_name)
+    if name == "relu6":
+        return keras.layers.ReLU(max_value=6.0, name=layer_name)
+    if name == "hard_swish":
+        return HardSwish(name=layer_name)
+    if name == "gelu":
+        # Exact (erf) GELU, as timm and the MobileNetV4 reference use.
+        return keras.layers.Activation("gelu", name=layer_name)
+    raise ValueError(
+        f"Unknown activation {name!r}; expected one of {ACTIVATIONS} or None."
+    )

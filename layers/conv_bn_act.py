@@ -1,0 +1,138 @@
+"""Convolution -> BatchNorm -> activation, the unit every MobileNet is made of."""
+
+import keras
+
+from layers.activations import get_activation
+from layers.utils import check_padding, symmetric_pad
+
+_PACKAGE = "keras_mobilenets"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ConvBnAct(keras.layers.Layer):
+    """A full or depthwise convolution followed by BatchNorm and an activation.
+
+    Args:
+        filters: output channels of a full convolution. Ignored when
+            `depthwise=True` (the output has `in_channels * depth_multiplier`).
+        kernel_size: square kernel size.
+        strides: square stride.
+        depthwise: use a depthwise convolution.
+        depth_multiplier: channel multiplier of a depthwise convolution.
+        use_bias: give the convolution a bias.
+        use_bn: follow the convolution with BatchNormalization.
+        activation: activation name (see `layers.activations.ACTIVATIONS`)
+            or None.
+        padding: "same" (TensorFlow SAME, as keras.applications) or
+            "symmetric" (`kernel_size // 2` on every side, as timm). The two
+            differ only for strided convolutions.
+        bn_epsilon: BatchNorm epsilon.
+        bn_momentum: BatchNorm momentum (Keras convention).
+    """
+
+    def __init__(
+        self,
+        filters=None,
+        kernel_size=1,
+        strides=1,
+        depthwise=False,
+        depth_multiplier=1,
+        use_bias=False,
+        use_bn=True,
+        activation=None,
+        padding="same",
+        bn_epsilon=1e-3,
+        bn_momentum=0.99,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not depthwise and not filters:
+            raise ValueError(f"A full convolution needs filters > 0, got {filters!r}.")
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.depthwise = depthwise
+        self.depth_multiplier = depth_multiplier
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.activation = activation
+        self.padding = check_padding(padding)
+        self.bn_epsilon = bn_epsilon
+        self.bn_momentum = bn_momentum
+        # Symmetric and SAME padding agree for stride 1 and odd kernels, where
+        # the cheaper built-in "same" is used.
+        self._explicit_pad = padding == "symmetric" and strides > 1 and kernel_size > 1
+        conv_padding = "valid" if self._explicit_pad or kernel_size == 1 else "same"
+        if depthwise:
+            self.conv = keras.layers.DepthwiseConv2D(
+                kernel_size,
+                strides=strides,
+                padding=conv_padding,
+                depth_multiplier=depth_multiplier,
+                use_bias=use_bias,
+                name="conv",
+            )
+        else:
+            self.conv = keras.layers.Conv2D(
+                filters,
+                kernel_size,
+                strides=strides,
+                padding=conv_padding,
+                use_bias=use_bias,
+                name="conv",
+            )
+        self.bn = (
+            keras.layers.BatchNormalization(
+                epsilon=bn_epsilon, momentum=bn_momentum, name="bn"
+            )
+            if use_bn
+            else None
+        )
+        self.act = get_activation(activation, "act")
+
+    def _conv_input_shape(self, input_shape):
+        if not self._explicit_pad:
+            return input_shape
+        p = 2 * (self.kernel_size // 2)
+        return (
+            input_shape[0],
+            None if input_shape[1] is None else input_shape[1] + p,
+            None if input_shape[2] is None else input_shape[2] + p,
+            input_shape[3],
+        )
+
+    def build(self, input_shape):
+        conv_in = self._conv_input_shape(input_shape)
+        self.conv.build(conv_in)
+        if self.bn is not None:
+            self.bn.build(self.conv.compute_output_shape(conv_in))
+
+    def call(self, x, training=None):
+        if self._explicit_pad:
+            x = symmetric_pad(x, self.kernel_size)
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x, training=training)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(self._conv_input_shape(input_shape))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            depthwise=self.depthwise,
+            depth_multiplier=self.depth_multiplier,
+            use_bias=self.use_bias,
+            use_bn=self.use_bn,
+            activation=self.activation,
+            padding=self.padding,
+            bn_epsilon=self.bn_epsilon,
+            bn_momentum=self.bn_momentum,
+        )
+        return config

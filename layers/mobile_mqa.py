@@ -1,0 +1,104 @@
+"""Mobile multi-query attention block of the MobileNetV4 hybrids."""
+
+import keras
+from keras import ops
+
+from layers.residual import ResidualBlock
+
+_PACKAGE = "keras_mobilenets"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MobileMQA(ResidualBlock):
+    """BN -> multi-query attention -> [layer scale] -> + input.
+
+    Queries have `num_heads` heads; keys and values have one head shared by
+    all query heads. Keys and values may first be downsampled by a strided
+    depthwise conv + BN (`kv_strides > 1`). All projections are bias-free
+    1x1 convolutions. Output channels equal input channels, so the block
+    works at any width; heads and key/value dims are not scaled.
+
+    Because keys and values are shared, the heads need no axis of their own:
+    each pixel's `num_heads` queries are laid out as `num_heads` extra query
+    rows, which gives the head-major channel order of the reference
+    (channel = head * value_dim + v) without any transpose.
+
+    The attention logits and softmax are computed in float32 under mixed
+    precision. Spatial sizes are read at run time, so any input size works.
+
+    Args:
+        num_heads: number of query heads.
+        key_dim: width of each query head and of the shared key.
+        value_dim: width of the shared value; defaults to `key_dim`.
+        kv_strides: stride of the key/value downsampling conv (1 = none).
+        dw_kernel_size: kernel of the key/value downsampling conv.
+        **kwargs: the shared block settings of `ResidualBlock`.
+    """
+
+    def __init__(self, num_heads, key_dim, value_dim=None, kv_strides=1, dw_kernel_size=3, **kwargs):
+        kwargs.setdefault("activation", None)
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim or key_dim
+        self.kv_strides = kv_strides
+        self.dw_kernel_size = dw_kernel_size
+
+    def _down(self, name):
+        if self.kv_strides == 1:
+            return None
+        return self.conv_bn_act(
+            name, kernel_size=self.dw_kernel_size, strides=self.kv_strides, depthwise=True
+        )
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.norm = keras.layers.BatchNormalization(
+            epsilon=self.bn_epsilon, momentum=self.bn_momentum, name="norm"
+        )
+        self.query = keras.layers.Conv2D(self.num_heads * self.key_dim, 1, use_bias=False, name="query")
+        self.key_down = self._down("key_down")
+        self.key = keras.layers.Conv2D(self.key_dim, 1, use_bias=False, name="key")
+        self.value_down = self._down("value_down")
+        self.value = keras.layers.Conv2D(self.value_dim, 1, use_bias=False, name="value")
+        self.output_proj = keras.layers.Conv2D(channels, 1, use_bias=False, name="output")
+        self.norm.build(input_shape)
+        self.query.build(input_shape)
+        self.build_sequence(input_shape, [self.key_down, self.key])
+        self.build_sequence(input_shape, [self.value_down, self.value])
+        self.output_proj.build(tuple(input_shape[:-1]) + (self.num_heads * self.value_dim,))
+        self.build_skip(input_shape, channels, 1)
+
+    def call(self, x, training=None):
+        shortcut = x
+        x = self.norm(x, training=training)
+        batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+
+        q = ops.reshape(self.query(x), (batch, -1, self.key_dim))
+        kv_in = x if self.key_down is None else self.key_down(x, training=training)
+        k = ops.reshape(self.key(kv_in), (batch, -1, self.key_dim))
+        kv_in = x if self.value_down is None else self.value_down(x, training=training)
+        v = ops.reshape(self.value(kv_in), (batch, -1, self.value_dim))
+
+        scale = float(self.key_dim) ** -0.5
+        q32 = ops.cast(q, "float32") * scale
+        logits = ops.matmul(q32, ops.transpose(ops.cast(k, "float32"), (0, 2, 1)))
+        attn = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
+        o = ops.matmul(attn, v)
+        o = ops.reshape(o, (batch, height, width, self.num_heads * self.value_dim))
+        x = self.output_proj(o)
+        return self.finish(x, shortcut, training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            value_dim=self.value_dim,
+            kv_strides=self.kv_strides,
+            dw_kernel_size=self.dw_kernel_size,
+        )
+        return config

@@ -1,0 +1,111 @@
+"""Shared plumbing of the residual blocks: BN/padding settings and the skip path."""
+
+import keras
+
+from layers.conv_bn_act import ConvBnAct
+from layers.layer_scale import LayerScale
+from layers.stochastic_depth import StochasticDepth
+from layers.utils import check_padding
+
+
+class ResidualBlock(keras.layers.Layer):
+    """Base class of the MobileNet blocks (not used on its own).
+
+    Holds the settings every block shares and applies the optional layer
+    scale, stochastic depth and residual addition at the end of a block.
+    Subclasses create their convolutions with `self.conv_bn_act(...)` in
+    `build()` (where the input channel count is known) and finish `call()`
+    with `self.finish(x, shortcut, training)`.
+
+    Args:
+        activation: activation of the block's non-linear convolutions.
+        padding: "same" (TensorFlow SAME) or "symmetric" (timm).
+        bn_epsilon: BatchNorm epsilon.
+        bn_momentum: BatchNorm momentum (Keras convention).
+        layer_scale_init: initial value of a per-channel scale on the
+            branch output, or None for no layer scale.
+        drop_path_rate: stochastic depth rate of the residual branch.
+        residual: add the input to the output when shapes allow.
+    """
+
+    def __init__(
+        self,
+        activation="relu",
+        padding="same",
+        bn_epsilon=1e-3,
+        bn_momentum=0.99,
+        layer_scale_init=None,
+        drop_path_rate=0.0,
+        residual=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.activation = activation
+        self.padding = check_padding(padding)
+        self.bn_epsilon = bn_epsilon
+        self.bn_momentum = bn_momentum
+        self.layer_scale_init = layer_scale_init
+        self.drop_path_rate = drop_path_rate
+        self.residual = residual
+        self.has_skip = False
+        self.layer_scale = None
+        self.drop_path = None
+
+    def conv_bn_act(self, name, filters=None, kernel_size=1, strides=1, **kwargs):
+        """A `ConvBnAct` with this block's padding and BatchNorm settings."""
+        return ConvBnAct(
+            filters,
+            kernel_size=kernel_size,
+            strides=strides,
+            padding=self.padding,
+            bn_epsilon=self.bn_epsilon,
+            bn_momentum=self.bn_momentum,
+            name=name,
+            **kwargs,
+        )
+
+    @staticmethod
+    def build_sequence(input_shape, sublayers):
+        """Build `sublayers` (None entries skipped) one after the other.
+
+        Keras needs every child's state created in the parent's `build()` so
+        that saved models reload; returns the output shape of the last one.
+        """
+        shape = tuple(input_shape)
+        for layer in sublayers:
+            if layer is not None:
+                layer.build(shape)
+                shape = tuple(layer.compute_output_shape(shape))
+        return shape
+
+    def build_skip(self, input_shape, output_channels, strides):
+        """Create the layer scale and drop path once the shapes are known."""
+        self.has_skip = self.residual and strides == 1 and input_shape[-1] == output_channels
+        out_shape = tuple(input_shape[:-1]) + (output_channels,)
+        if self.layer_scale_init is not None:
+            self.layer_scale = LayerScale(self.layer_scale_init, name="layer_scale")
+            self.layer_scale.build(out_shape)
+        if self.has_skip and self.drop_path_rate:
+            self.drop_path = StochasticDepth(self.drop_path_rate, name="drop_path")
+
+    def finish(self, x, shortcut, training=None):
+        if self.layer_scale is not None:
+            x = self.layer_scale(x)
+        if self.has_skip:
+            if self.drop_path is not None:
+                x = self.drop_path(x, training=training)
+            x = x + shortcut
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            activation=self.activation,
+            padding=self.padding,
+            bn_epsilon=self.bn_epsilon,
+            bn_momentum=self.bn_momentum,
+            layer_scale_init=self.layer_scale_init,
+            drop_path_rate=self.drop_path_rate,
+            residual=self.residual,
+        )
+        return config

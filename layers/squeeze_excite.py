@@ -1,0 +1,64 @@
+"""Squeeze-and-excitation channel attention."""
+
+import keras
+from keras import ops
+
+from layers.activations import HardSigmoid, get_activation
+
+_PACKAGE = "keras_mobilenets"
+GATES = ("hard_sigmoid", "sigmoid")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SqueezeExcite(keras.layers.Layer):
+    """Squeeze-and-excitation: global mean -> 1x1 reduce -> act -> 1x1 expand -> gate.
+
+    Both 1x1 convolutions have a bias, as in keras.applications and timm.
+
+    Args:
+        reduced_channels: channels of the bottleneck (already rounded).
+        activation: activation between the two convolutions.
+        gate: "hard_sigmoid" (MobileNetV3) or "sigmoid".
+    """
+
+    def __init__(self, reduced_channels, activation="relu", gate="hard_sigmoid", **kwargs):
+        super().__init__(**kwargs)
+        if gate not in GATES:
+            raise ValueError(f"Unknown gate {gate!r}; expected one of {GATES}.")
+        self.reduced_channels = reduced_channels
+        self.activation = activation
+        self.gate = gate
+        self.reduce = keras.layers.Conv2D(reduced_channels, 1, name="reduce")
+        self.act = get_activation(activation, "act")
+        self.gate_fn = (
+            HardSigmoid(name="gate")
+            if gate == "hard_sigmoid"
+            else keras.layers.Activation("sigmoid", name="gate")
+        )
+        self.expand = None
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.expand = keras.layers.Conv2D(channels, 1, name="expand")
+        self.reduce.build((input_shape[0], 1, 1, channels))
+        self.expand.build((input_shape[0], 1, 1, self.reduced_channels))
+
+    def call(self, x):
+        s = ops.mean(x, axis=(1, 2), keepdims=True)
+        s = self.reduce(s)
+        if self.act is not None:
+            s = self.act(s)
+        s = self.gate_fn(self.expand(s))
+        return x * s
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            reduced_channels=self.reduced_channels,
+            activation=self.activation,
+            gate=self.gate,
+        )
+        return config
