@@ -1,0 +1,175 @@
+"""What the four MobileNet factories share: argument checks, styles and the head."""
+
+import numbers
+from dataclasses import dataclass
+
+import keras
+
+# Every MobileNet downsamples by 32; smaller inputs leave nothing to classify
+# and are refused, as keras.applications refuses them.
+MIN_INPUT_SIZE = 32
+POOLINGS = (None, "avg", "max")
+
+
+@dataclass(frozen=True)
+class Style:
+    """Numerical conventions of a reference implementation.
+
+    Attributes:
+        name: "keras" (keras.applications / TF-slim weights) or "timm".
+        padding: "same" (TensorFlow SAME) or "symmetric" (PyTorch).
+        bn_epsilon: BatchNorm epsilon.
+        bn_momentum: BatchNorm momentum (Keras convention).
+    """
+
+    name: str
+    padding: str
+    bn_epsilon: float
+    bn_momentum: float
+
+    def block_kwargs(self):
+        return dict(padding=self.padding, bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum)
+
+
+STYLE_NAMES = ("keras", "timm")
+
+
+def get_style(style, keras_momentum):
+    """Resolve a style name; keras.applications' BN momentum differs per version."""
+    if style == "keras":
+        return Style("keras", "same", 1e-3, keras_momentum)
+    if style == "timm":
+        # PyTorch's BatchNorm momentum 0.1 is Keras' 0.9.
+        return Style("timm", "symmetric", 1e-5, 0.9)
+    raise ValueError(f"Unknown style {style!r}; expected one of {STYLE_NAMES}.")
+
+
+def check_variant(variant, variants, model_name):
+    key = str(variant) if isinstance(variant, (int, float)) else variant
+    if key not in variants:
+        raise ValueError(
+            f"Unknown {model_name} variant {variant!r}; expected one of {sorted(variants)}."
+        )
+    return variants[key]
+
+
+def check_width(width_multiplier):
+    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, numbers.Real):
+        raise TypeError(
+            f"width_multiplier must be a positive number, got {width_multiplier!r} "
+            f"of type {type(width_multiplier).__name__}."
+        )
+    if not width_multiplier > 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}.")
+    return float(width_multiplier)
+
+
+def check_rate(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
+    return float(value)
+
+
+def check_input_shape(input_shape, weights=None):
+    """Validate `(height, width, channels)`; spatial dims may be None."""
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+        raise ValueError(
+            "input_shape must be (height, width, channels), e.g. (224, 224, 3) "
+            f"or (None, None, 3); got {input_shape!r}."
+        )
+    height, width, channels = input_shape
+    for dim_name, dim in (("height", height), ("width", width)):
+        if dim is None:
+            continue
+        if not isinstance(dim, numbers.Integral) or dim < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"input_shape {dim_name} must be None or an integer >= {MIN_INPUT_SIZE} "
+                f"(the network downsamples by 32); got {dim!r} in {tuple(input_shape)!r}."
+            )
+    if not isinstance(channels, numbers.Integral) or channels < 1:
+        raise ValueError(f"input_shape channels must be a positive integer, got {channels!r}.")
+    if weights is not None and channels != 3:
+        raise ValueError(
+            f"Pretrained weights expect 3 input channels (RGB); got input_shape "
+            f"{tuple(input_shape)!r} with {channels} channels. Use weights=None for "
+            "other channel counts."
+        )
+    return tuple(input_shape)
+
+
+def check_head_args(include_top, num_classes, pooling, classifier_activation):
+    if include_top:
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 1
+        ):
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+        if classifier_activation is not None:
+            try:
+                keras.activations.get(classifier_activation)
+            except (ValueError, TypeError) as e:
+                raise ValueError(
+                    f"Unknown classifier_activation {classifier_activation!r}; use None, "
+                    "'softmax', 'sigmoid' or another keras.activations name or callable."
+                ) from e
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+
+
+def classifier_head(x, num_classes, dropout_rate, classifier_activation, hidden=None):
+    """Global average pool -> [hidden layers] -> dropout -> dense -> activation.
+
+    Args:
+        x: the feature map.
+        num_classes: classifier width.
+        dropout_rate: dropout before the classifier.
+        classifier_activation: activation of the output (computed in float32
+            under mixed precision).
+        hidden: optional callable applied to the pooled vector (the 1x1 head
+            conv of MobileNetV3/V4, expressed on the pooled vector).
+    """
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if hidden is not None:
+        x = hidden(x)
+    if dropout_rate > 0:
+        x = keras.layers.Dropout(dropout_rate, name="dropout")(x)
+    x = keras.layers.Dense(num_classes, name="classifier")(x)
+    return keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
+
+
+def feature_pooling(x, pooling):
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
+def assemble(input_shape, body, include_top, pooling, name, top=None):
+    """Chain `body` (a list of layers) into a functional model and add the top.
+
+    Args:
+        input_shape: `(height, width, channels)`.
+        body: layers applied in order to the input (stem, blocks, ...).
+        include_top: add `top` (a callable on the feature map) or the pooling.
+        pooling: pooling of the feature map when `include_top=False`.
+        name: model name.
+        top: callable building the classifier on the feature map.
+    """
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = inputs
+    for layer in body:
+        x = layer(x)
+    x = top(x) if include_top else feature_pooling(x, pooling)
+    return keras.Model(inputs, x, name=name)
+
+
+def load_weights(model, weights):
+    """Load `weights` (None or a file path) into `model`."""
+    if weights is None:
+        return model
+    from weights import load_into
+
+    load_into(model, weights)
+    return model
