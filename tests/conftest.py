@@ -1,0 +1,80 @@
+"""Shared helpers: reference models with non-trivial weights, and comparisons.
+
+A freshly initialised network has BatchNorm statistics (0, 1) and tiny
+logits, against which almost any comparison passes. Every reference model
+here is first given random weights *and* BatchNorm statistics that the data
+actually produces, so a wrong padding, transpose or epsilon shows up.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+BACKEND = keras.backend.backend()
+
+
+def to_numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+def max_abs_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def randomize_keras_model(model, seed=0):
+    """Random weights for a keras.applications model, with positive BN variances."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        values = layer.get_weights()
+        if not values:
+            continue
+        new = [rng.normal(0.0, 0.1, v.shape).astype("float32") for v in values]
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = new
+            new = [1.0 + gamma, beta, mean, np.abs(var) + 0.5]
+        layer.set_weights(new)
+    return model
+
+
+def calibrated_timm_model(name, size, seed=0, **kwargs):
+    """A timm model with random BN affine / layer scale and BN statistics
+    estimated on random inputs (so activations stay O(1) through the net)."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+            module.weight.data.normal_(1.0, 0.2, generator=gen)
+            module.bias.data.normal_(0.0, 0.2, generator=gen)
+        if type(module).__name__ == "LayerScale2d":
+            module.gamma.data.uniform_(0.1, 0.5, generator=gen)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, 3, size, size, generator=gen))
+    return model.eval()
+
+
+def timm_forward(model, x_nhwc):
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
+    return out.numpy()
+
+
+def random_images(batch, height, width, seed=0, low=-1.0, high=1.0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(low, high, (batch, height, width, 3)).astype("float32")
+
+
+@pytest.fixture
+def tmp_keras_path(tmp_path):
+    return os.path.join(tmp_path, "model.keras")

@@ -1,0 +1,175 @@
+"""The building blocks on their own: formulas, padding, shapes, serialization."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import max_abs_diff, to_numpy
+
+from layers import (
+    ConvBnAct,
+    DepthwiseSeparableConv,
+    FusedInvertedBottleneck,
+    HardSigmoid,
+    HardSwish,
+    InvertedResidual,
+    LayerScale,
+    MobileMQA,
+    SqueezeExcite,
+    StochasticDepth,
+    UniversalInvertedBottleneck,
+    make_divisible,
+)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    # Examples of the reference rounding from the architecture spec (§1.1).
+    [(18, 24), (88.08, 88), (12, 16), (4, 8), (30, 32), (720, 720), (16 * 0.35, 8), (960 * 0.75, 720)],
+)
+def test_make_divisible(value, expected):
+    assert make_divisible(value) == expected
+
+
+def test_hard_activations_match_formula():
+    x = np.linspace(-6, 6, 97).astype("float32")
+    relu6 = np.minimum(np.maximum(x + 3.0, 0.0), 6.0)
+    np.testing.assert_allclose(to_numpy(HardSigmoid()(x)), relu6 / 6.0, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(HardSwish()(x)), x * relu6 / 6.0, atol=1e-6)
+    assert to_numpy(HardSigmoid()(np.array([-3.0, 3.0], "float32"))).tolist() == [0.0, 1.0]
+
+
+def _torch_conv(x, kernel, stride, padding, depthwise=False):
+    torch = pytest.importorskip("torch")
+    w = kernel.transpose(2, 3, 0, 1) if depthwise else kernel.transpose(3, 2, 0, 1)
+    out = torch.nn.functional.conv2d(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)),
+        torch.from_numpy(np.ascontiguousarray(w)),
+        stride=stride,
+        padding=padding,
+        groups=x.shape[-1] if depthwise else 1,
+    )
+    return out.numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_symmetric_padding_is_pytorch_padding(kernel_size, depthwise):
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 4)).astype("float32")
+    layer = ConvBnAct(8, kernel_size, 2, depthwise=depthwise, use_bn=False, padding="symmetric")
+    y = to_numpy(layer(x))
+    ref = _torch_conv(x, to_numpy(layer.conv.kernel), 2, kernel_size // 2, depthwise)
+    assert y.shape == ref.shape == (2, 8, 8, 4 if depthwise else 8)
+    assert max_abs_diff(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("size", [16, 15])
+def test_same_padding_is_tensorflow_same(size):
+    # TF SAME pads (0, 1) for k3 s2 on even inputs: the same result as
+    # PyTorch padding after dropping the first row and column of padding.
+    x = np.random.default_rng(1).normal(size=(1, size, size, 3)).astype("float32")
+    layer = ConvBnAct(4, 3, 2, use_bn=False, padding="same")
+    y = to_numpy(layer(x))
+    pad = ((0, 0), (0, 1), (0, 1), (0, 0)) if size % 2 == 0 else ((0, 0), (1, 1), (1, 1), (0, 0))
+    ref = _torch_conv(np.pad(x, pad), to_numpy(layer.conv.kernel), 2, 0)
+    assert y.shape == ref.shape
+    assert max_abs_diff(y, ref) < 1e-5
+
+
+def test_stochastic_depth():
+    layer = StochasticDepth(0.5, seed=1)
+    x = np.ones((64, 2, 2, 3), "float32")
+    np.testing.assert_array_equal(to_numpy(layer(x, training=False)), x)
+    y = to_numpy(layer(x, training=True))
+    per_sample = y.reshape(64, -1)
+    # Every sample is dropped whole or kept and scaled by 1 / (1 - rate).
+    assert set(np.unique(per_sample)) <= {0.0, 2.0}
+    assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))
+    assert 0 < (per_sample[:, 0] == 0).sum() < 64
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        StochasticDepth(1.0)
+
+
+def test_layer_scale_init():
+    layer = LayerScale(1e-5)
+    layer.build((None, 4, 4, 6))
+    np.testing.assert_allclose(to_numpy(layer.gamma), np.full(6, 1e-5), rtol=1e-6)
+
+
+def _bn(c):
+    return 4 * c  # gamma, beta, moving mean, moving variance
+
+
+@pytest.mark.parametrize(
+    "start, middle, expected_extra",
+    [
+        (3, 5, 16 * 9 + _bn(16) + 64 * 25 + _bn(64)),  # ExtraDW
+        (0, 5, 64 * 25 + _bn(64)),  # IB
+        (3, 0, 16 * 9 + _bn(16)),  # ConvNeXt-like
+        (0, 0, 0),  # FFN
+    ],
+)
+def test_uib_forms_parameter_count(start, middle, expected_extra):
+    block = UniversalInvertedBottleneck(24, 4, start, middle, strides=1 if not (start or middle) else 2)
+    block.build((None, 32, 32, 16))
+    pointwise = 16 * 64 + _bn(64) + 64 * 24 + _bn(24)
+    assert block.count_params() == pointwise + expected_extra
+
+
+def test_inverted_residual_with_se_parameter_count():
+    block = InvertedResidual(16, expansion=6, kernel_size=5, se_ratio=0.25)
+    block.build((None, 8, 8, 16))
+    mid, rd = 96, 24  # 16 * 6; make_divisible(96 * 0.25)
+    expected = 16 * mid + _bn(mid) + 25 * mid + _bn(mid)
+    expected += mid * rd + rd + rd * mid + mid  # SE convs with bias
+    expected += mid * 16 + _bn(16)
+    assert block.count_params() == expected
+    assert block.has_skip
+
+
+def test_mqa_parameter_count_and_dynamic_shapes():
+    block = MobileMQA(num_heads=4, key_dim=8, kv_strides=2, layer_scale_init=1e-5)
+    inputs = keras.Input((None, None, 16))
+    model = keras.Model(inputs, block(inputs))
+    c, h, k = 16, 4, 8
+    down = c * 9 + _bn(c)
+    expected = _bn(c) + c * h * k + 2 * (down + c * k) + h * k * c + c
+    assert model.count_params() == expected
+    for shape in [(2, 13, 17, 16), (1, 8, 8, 16), (1, 7, 9, 16)]:
+        y = to_numpy(model(np.random.default_rng(0).normal(size=shape).astype("float32")))
+        assert y.shape == shape and np.all(np.isfinite(y))
+
+
+def test_mqa_matches_numpy_reference():
+    block = MobileMQA(num_heads=2, key_dim=4, value_dim=3)
+    x = np.random.default_rng(0).normal(size=(2, 5, 6, 8)).astype("float32")
+    y = to_numpy(block(x, training=False))
+    eps = block.bn_epsilon
+    xn = x / np.sqrt(1.0 + eps)  # BN at init: mean 0, variance 1, gamma 1, beta 0
+    wq, wk, wv, wo = (to_numpy(layer.kernel)[0, 0] for layer in
+                      (block.query, block.key, block.value, block.output_proj))
+    q = (xn @ wq).reshape(2, 30, 2, 4)  # head-major query channels
+    k = (xn @ wk).reshape(2, 30, 4)
+    v = (xn @ wv).reshape(2, 30, 3)
+    logits = np.einsum("blhd,bpd->blhp", q, k) / 2.0
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    attn /= attn.sum(-1, keepdims=True)
+    o = np.einsum("blhp,bpd->blhd", attn, v).reshape(2, 5, 6, 6)
+    assert max_abs_diff(y, o @ wo + x) < 1e-4
+
+
+def test_blocks_serialize_and_reload(tmp_keras_path):
+    inputs = keras.Input((None, None, 16))
+    x = ConvBnAct(16, 3, 1, activation="hard_swish", padding="symmetric")(inputs)
+    x = DepthwiseSeparableConv(24, strides=2, se_ratio=0.25, activation="relu")(x)
+    x = InvertedResidual(24, 4.5, 5, se_ratio=0.25, activation="hard_swish")(x)
+    x = FusedInvertedBottleneck(32, 4, strides=2, padding="symmetric")(x)
+    x = UniversalInvertedBottleneck(32, 4, 3, 5, 1, layer_scale_init=1e-5, drop_path_rate=0.1)(x)
+    x = MobileMQA(2, 16, kv_strides=2, layer_scale_init=1e-5, activation="gelu")(x)
+    x = SqueezeExcite(8, gate="sigmoid")(x)
+    model = keras.Model(inputs, x)
+    model.save(tmp_keras_path)
+    reloaded = keras.models.load_model(tmp_keras_path)
+    data = np.random.default_rng(0).normal(size=(2, 24, 20, 16)).astype("float32")
+    assert max_abs_diff(model(data), reloaded(data)) == 0.0
+    for a, b in zip(model.layers, reloaded.layers):
+        assert a.get_config() == b.get_config()
