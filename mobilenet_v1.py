@@ -8,6 +8,7 @@ Example:
     >>> model = create_mobilenetv1(variant="0.5", num_classes=10, input_shape=(96, 96, 3))
 """
 
+from layers import ConvBnAct, DepthwiseSeparableConv, make_divisible
 from mobilenet_common import (
     assemble,
     check_head_args,
@@ -19,8 +20,6 @@ from mobilenet_common import (
     get_style,
     load_weights,
 )
-
-from layers import ConvBnAct, DepthwiseSeparableConv, make_divisible
 
 # Width multiplier of each published variant.
 VARIANTS = {"1.0": 1.0, "0.75": 0.75, "0.5": 0.5, "0.50": 0.5, "0.25": 0.25}

@@ -8,6 +8,7 @@ Example:
     >>> model = create_mobilenetv2(variant="1.0", width_multiplier=0.75)
 """
 
+from layers import ConvBnAct, DepthwiseSeparableConv, InvertedResidual, make_divisible
 from mobilenet_common import (
     assemble,
     check_head_args,
@@ -19,8 +20,6 @@ from mobilenet_common import (
     get_style,
     load_weights,
 )
-
-from layers import ConvBnAct, DepthwiseSeparableConv, InvertedResidual, make_divisible
 
 # Width multiplier of each published variant.
 VARIANTS = {"1.0": 1.0, "0.75": 0.75, "0.5": 0.5, "0.50": 0.5, "0.35": 0.35, "1.3": 1.3, "1.4": 1.4}

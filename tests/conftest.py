@@ -21,7 +21,8 @@ def to_numpy(x):
 
 
 def max_abs_diff(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+    a, b = (x if isinstance(x, np.ndarray) else to_numpy(x) for x in (a, b))
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
 def randomize_keras_model(model, seed=0):
