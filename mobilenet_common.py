@@ -4,6 +4,7 @@ import numbers
 from dataclasses import dataclass
 
 import keras
+from keras import ops
 
 # Every MobileNet downsamples by 32; smaller inputs leave nothing to classify
 # and are refused, as keras.applications refuses them.
@@ -165,11 +166,36 @@ def assemble(input_shape, body, include_top, pooling, name, top=None):
     return keras.Model(inputs, x, name=name)
 
 
-def load_weights(model, weights):
-    """Load `weights` (None or a file path) into `model`."""
-    if weights is None:
-        return model
-    from weights import load_into
+def resolve_weights(weights, arch, style, default_style, include_top, num_classes, input_shape):
+    """Check `weights=` before building; returns `(source, style)` (see weights.loading)."""
+    from weights.loading import resolve_weights as resolve
 
-    load_into(model, weights)
-    return model
+    if style is not None and style not in STYLE_NAMES:
+        raise ValueError(f"Unknown style {style!r}; expected one of {STYLE_NAMES}.")
+    return resolve(weights, arch, style, default_style, include_top, num_classes, input_shape[0])
+
+
+def load_weights(model, source, include_top):
+    """Load a source from `resolve_weights` into the built model."""
+    from weights.loading import load_weights as load
+
+    return load(model, source, include_top)
+
+
+def normalize_images(x, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+    """Map RGB images in [0, 255] to `(x / 255 - mean) / std` per channel.
+
+    The default mean = std = 0.5 gives [-1, 1], keras.applications' "tf" mode.
+    """
+    x = ops.cast(x, "float32") / 255.0
+    return (x - ops.convert_to_tensor(mean, "float32")) / ops.convert_to_tensor(std, "float32")
+
+
+def checkpoint_normalization(weights, default):
+    """`(mean, std)` of a checkpoint name, or `default` for None / "imagenet"."""
+    if weights in (None, "imagenet"):
+        return default
+    from weights.registry import get_checkpoint
+
+    checkpoint = get_checkpoint(weights)
+    return checkpoint.mean, checkpoint.std

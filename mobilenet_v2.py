@@ -16,9 +16,12 @@ from mobilenet_common import (
     check_rate,
     check_variant,
     check_width,
+    checkpoint_normalization,
     classifier_head,
     get_style,
     load_weights,
+    normalize_images,
+    resolve_weights,
 )
 
 # Width multiplier of each published variant.
@@ -55,7 +58,7 @@ def create_mobilenetv2(
     dropout_rate=0.0,
     classifier_activation="softmax",
     weights=None,
-    style="keras",
+    style=None,
     name=None,
 ):
     """Build a MobileNetV2 as a functional `keras.Model`.
@@ -72,9 +75,13 @@ def create_mobilenetv2(
         pooling: with `include_top=False`: None (4D feature map), "avg" or "max".
         dropout_rate: dropout before the classifier (keras.applications has none).
         classifier_activation: activation of the output, or None for logits.
-        weights: None (random init) or a weights file path.
+        weights: None (random init), "imagenet" (keras.applications weights
+            for the input size, or timm's with `style="timm"`), a checkpoint
+            name from `weights.registry`, or a file path (`.weights.h5`,
+            keras.applications `.h5`, timm `.safetensors`/`.pth`).
         style: "keras" (TF SAME padding, BN eps 1e-3 / momentum 0.999) or
-            "timm" (symmetric padding, BN eps 1e-5).
+            "timm" (symmetric padding, BN eps 1e-5). Default: what the
+            weights need, else "keras".
         name: model name; defaults to `mobilenetv2_<width>`.
 
     Returns:
@@ -84,6 +91,9 @@ def create_mobilenetv2(
     input_shape = check_input_shape(input_shape, weights)
     check_head_args(include_top, num_classes, pooling, classifier_activation)
     dropout_rate = check_rate("dropout_rate", dropout_rate)
+    source, style = resolve_weights(
+        weights, ("v2", None, alpha, False), style, "keras", include_top, num_classes, input_shape
+    )
     style = get_style(style, keras_momentum=0.999)
     common = dict(activation="relu6", **style.block_kwargs())
 
@@ -111,4 +121,18 @@ def create_mobilenetv2(
         name or f"mobilenetv2_{alpha:g}",
         top=lambda x: classifier_head(x, num_classes, dropout_rate, classifier_activation),
     )
-    return load_weights(model, weights)
+    return load_weights(model, source, include_top)
+
+
+def preprocess_input(x, weights="imagenet"):
+    """Prepare RGB images in [0, 255] for a model with `weights`.
+
+    Args:
+        x: images, `(..., height, width, 3)`, values in [0, 255].
+        weights: "imagenet"/None (keras.applications' [-1, 1]) or a checkpoint name, whose own
+            mean/std are used (e.g. timm checkpoints).
+
+    Returns:
+        The normalised float32 tensor.
+    """
+    return normalize_images(x, *checkpoint_normalization(weights, ((0.5,) * 3, (0.5,) * 3)))

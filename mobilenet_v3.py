@@ -28,6 +28,7 @@ from mobilenet_common import (
     classifier_head,
     get_style,
     load_weights,
+    resolve_weights,
 )
 
 HS, RE = "hard_swish", "relu"
@@ -77,7 +78,7 @@ def create_mobilenetv3(
     dropout_rate=0.2,
     classifier_activation="softmax",
     weights=None,
-    style="keras",
+    style=None,
     name=None,
 ):
     """Build a MobileNetV3 as a functional `keras.Model`.
@@ -87,9 +88,10 @@ def create_mobilenetv3(
         width_multiplier: scales the width of every block (keras' `alpha`);
             published widths are 1.0 and 0.75.
         minimalistic: 3x3 kernels only, no squeeze-excite, ReLU only.
-        include_preprocessing: start with a `Rescaling` layer mapping [0, 255]
-            inputs to [-1, 1], as keras.applications does. With False the
-            model expects inputs already in [-1, 1].
+        include_preprocessing: start with a `Rescaling` layer for [0, 255]
+            inputs: to [-1, 1] as keras.applications does, or with the
+            mean/std of the named checkpoint when `weights` is one. With
+            False the model expects inputs already normalised.
         num_classes: classifier width when `include_top=True`.
         input_shape: `(height, width, channels)`; spatial dims may be None.
         include_top: add pooling, the 1280/1024 head conv, dropout and the
@@ -98,10 +100,15 @@ def create_mobilenetv3(
         pooling: with `include_top=False`: None, "avg" or "max".
         dropout_rate: dropout before the classifier (keras default 0.2).
         classifier_activation: activation of the output, or None for logits.
-        weights: None (random init) or a weights file path.
+        weights: None (random init), "imagenet" (keras.applications weights,
+            or timm's with `style="timm"`), a checkpoint name from
+            `weights.registry` (timm's `mobilenetv3_*` and `tf_mobilenetv3_*`
+            included), or a file path (`.weights.h5`, keras.applications
+            `.h5`, timm `.safetensors`/`.pth`).
         style: "keras" (TF SAME padding, BN eps 1e-3, stem fixed at 16,
             head scaled only above width 1) or "timm" (symmetric padding,
             BN eps 1e-5, stem scaled unless width < 0.75, head never scaled).
+            Default: what the weights need, else "keras".
         name: model name; defaults to `mobilenetv3_<variant>_<width>`.
 
     Returns:
@@ -112,13 +119,25 @@ def create_mobilenetv3(
     input_shape = check_input_shape(input_shape, weights)
     check_head_args(include_top, num_classes, pooling, classifier_activation)
     dropout_rate = check_rate("dropout_rate", dropout_rate)
+    source, style = resolve_weights(
+        weights, ("v3", variant, alpha, bool(minimalistic)), style, "keras", include_top,
+        num_classes, input_shape,
+    )
     style = get_style(style, keras_momentum=0.999)
     common = style.block_kwargs()
     model_act = RE if minimalistic else HS
 
     body = []
     if include_preprocessing:
-        body.append(keras.layers.Rescaling(scale=1.0 / 127.5, offset=-1.0, name="rescaling"))
+        # [0, 255] -> (x / 255 - mean) / std; keras.applications' mean = std = 0.5.
+        mean, std = getattr(source, "mean", (0.5,) * 3), getattr(source, "std", (0.5,) * 3)
+        body.append(
+            keras.layers.Rescaling(
+                scale=[1.0 / (255.0 * s) for s in std],
+                offset=[-m / s for m, s in zip(mean, std)],
+                name="rescaling",
+            )
+        )
     stem = STEM_FILTERS
     if style.name == "timm" and alpha >= 0.75:
         stem = make_divisible(STEM_FILTERS * alpha)
@@ -171,4 +190,10 @@ def create_mobilenetv3(
             x, num_classes, dropout_rate, classifier_activation, hidden=head_conv
         ),
     )
-    return load_weights(model, weights)
+    return load_weights(model, source, include_top)
+
+
+def preprocess_input(x):
+    """A pass-through, as in keras.applications: with `include_preprocessing=True`
+    (the default) the model normalises [0, 255] inputs itself."""
+    return x

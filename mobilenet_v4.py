@@ -30,10 +30,14 @@ from mobilenet_common import (
     check_rate,
     check_variant,
     check_width,
+    checkpoint_normalization,
     classifier_head,
     get_style,
     load_weights,
+    normalize_images,
+    resolve_weights,
 )
+from weights.registry import IMAGENET_MEAN, IMAGENET_STD
 
 # Block rows of the variant tables. `repeats` copies a row; only the first
 # copy carries the stride (as timm's `_rN` block strings).
@@ -180,7 +184,7 @@ def create_mobilenetv4(
     drop_path_rate=0.0,
     classifier_activation="softmax",
     weights=None,
-    style="timm",
+    style=None,
     name=None,
 ):
     """Build a MobileNetV4 as a functional `keras.Model`.
@@ -202,9 +206,13 @@ def create_mobilenetv4(
         drop_path_rate: stochastic depth, rising linearly over the blocks
             from 0 to this value (as timm).
         classifier_activation: activation of the output, or None for logits.
-        weights: None (random init) or a weights file path.
-        style: "timm" (symmetric padding, BN eps 1e-5) or "keras" (TF SAME
-            padding, BN eps 1e-3, as the TensorFlow Model Garden).
+        weights: None (random init), "imagenet" (timm's default checkpoint for
+            the variant), a checkpoint name such as
+            "mobilenetv4_conv_medium.e500_r256_in1k", or a file path
+            (`.weights.h5`, timm `.safetensors`/`.pth`).
+        style: "timm" (symmetric padding, BN eps 1e-5; the default) or
+            "keras" (TF SAME padding, BN eps 1e-3, as the TensorFlow Model
+            Garden, which publishes no weights).
         name: model name; defaults to `mobilenetv4_<variant>`.
 
     Returns:
@@ -218,6 +226,9 @@ def create_mobilenetv4(
     check_head_args(include_top, num_classes, pooling, classifier_activation)
     dropout_rate = check_rate("dropout_rate", dropout_rate)
     drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
+    source, style = resolve_weights(
+        weights, ("v4", variant, width, False), style, "timm", include_top, num_classes, input_shape
+    )
     style = get_style(style, keras_momentum=0.99)
     common = style.block_kwargs()
     act = config["activation"]
@@ -258,4 +269,19 @@ def create_mobilenetv4(
             x, num_classes, dropout_rate, classifier_activation, hidden=head_conv
         ),
     )
-    return load_weights(model, weights)
+    return load_weights(model, source, include_top)
+
+
+def preprocess_input(x, weights="imagenet"):
+    """Prepare RGB images in [0, 255] for a model with `weights`.
+
+    Args:
+        x: images, `(..., height, width, 3)`, values in [0, 255].
+        weights: "imagenet"/None (ImageNet mean/std, what every variant's
+            default checkpoint uses) or a checkpoint name, whose own mean/std
+            are used.
+
+    Returns:
+        The normalised float32 tensor.
+    """
+    return normalize_images(x, *checkpoint_normalization(weights, (IMAGENET_MEAN, IMAGENET_STD)))

@@ -8,6 +8,14 @@ actually produces, so a wrong padding, transpose or epsilon shows up.
 
 import os
 
+try:
+    # torch must be loaded before TensorFlow: importing it (through timm)
+    # after TensorFlow segfaults in this environment.
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+except ImportError:  # pragma: no cover - timm tests are skipped then
+    pass
+
 import keras
 import numpy as np
 import pytest

@@ -1,11 +1,17 @@
-"""Loading and converting pretrained weights."""
+"""Pretrained weights: the checkpoint registry, loaders and converters."""
 
 from weights.assign import assign_in_order, leaf_layers, transfer_from_keras_model
+from weights.loading import load_file
+from weights.registry import Checkpoint, get_checkpoint, register_checkpoint
+from weights.timm import load_timm_state_dict
 
-
-def load_into(model, path):
-    """Load a weights file into `model`."""
-    model.load_weights(path)
-
-
-__all__ = ["assign_in_order", "leaf_layers", "load_into", "transfer_from_keras_model"]
+__all__ = [
+    "Checkpoint",
+    "assign_in_order",
+    "get_checkpoint",
+    "leaf_layers",
+    "load_file",
+    "load_timm_state_dict",
+    "register_checkpoint",
+    "transfer_from_keras_model",
+]

@@ -77,6 +77,8 @@ TOP_MODULES = {
     "classifier": "classifier",
 }
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)$")
+# Modules after the feature map, which a model without its top leaves unused.
+HEAD_PREFIXES = ("classifier.", "conv_head.", "norm_head.")
 
 
 def _timm_module(model, path):
@@ -153,6 +155,9 @@ def load_timm_state_dict(model, state_dict):
         used.update(key for _, key in converted)
         pairs.append((layer, [a for a, _ in converted], f"timm module {module!r}"))
     unused = sorted(set(state) - used)
+    has_top = any(path == "classifier" for path, _ in leaf_layers(model))
+    if not has_top:
+        unused = [key for key in unused if not key.startswith(HEAD_PREFIXES)]
     if unused:
         raise ValueError(
             f"The timm checkpoint has {len(unused)} tensors that model {model.name!r} does "

@@ -1,0 +1,68 @@
+"""Convert a checkpoint (timm or keras.applications) into a `.weights.h5` of ours.
+
+Example:
+    python -m weights.convert --version v4 --variant conv_medium \\
+        --source mobilenetv4_conv_medium.e500_r256_in1k.safetensors \\
+        --output mnv4_conv_medium.weights.h5
+
+The output loads with `create_mobilenetv4(variant="conv_medium",
+weights="mnv4_conv_medium.weights.h5")` (and the same `--style`), on any
+backend, without torch or timm.
+"""
+
+import argparse
+import sys
+
+
+def factory(version):
+    if version == "v1":
+        from mobilenet_v1 import create_mobilenetv1 as create
+    elif version == "v2":
+        from mobilenet_v2 import create_mobilenetv2 as create
+    elif version == "v3":
+        from mobilenet_v3 import create_mobilenetv3 as create
+    elif version == "v4":
+        from mobilenet_v4 import create_mobilenetv4 as create
+    else:
+        raise ValueError(f"Unknown version {version!r}; expected one of v1, v2, v3, v4.")
+    return create
+
+
+def convert(version, source, output, variant=None, width=1.0, minimalistic=False,
+            style=None, include_top=True, num_classes=1000):
+    """Build the model with `weights=source` and save its weights to `output`."""
+    if not output.endswith(".weights.h5"):
+        raise ValueError(f"output must end in '.weights.h5', got {output!r}.")
+    kwargs = dict(width_multiplier=width, weights=source, style=style,
+                  include_top=include_top, num_classes=num_classes,
+                  input_shape=(None, None, 3))
+    if variant is not None:
+        kwargs["variant"] = variant
+    if minimalistic:
+        kwargs["minimalistic"] = True
+    model = factory(version)(**kwargs)
+    model.save_weights(output)
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--version", required=True, choices=["v1", "v2", "v3", "v4"])
+    parser.add_argument("--source", required=True,
+                        help="checkpoint file (.safetensors/.pth/.h5) or registry name")
+    parser.add_argument("--output", required=True, help="destination .weights.h5")
+    parser.add_argument("--variant", default=None)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--minimalistic", action="store_true")
+    parser.add_argument("--style", choices=["keras", "timm"], default=None)
+    parser.add_argument("--no-top", action="store_true", help="drop the classifier")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    args = parser.parse_args(argv)
+    model = convert(args.version, args.source, args.output, args.variant, args.width,
+                    args.minimalistic, args.style, not args.no_top, args.num_classes)
+    print(f"Wrote {args.output}: {model.name}, {model.count_params():,} parameters.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
