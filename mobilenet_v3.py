@@ -66,6 +66,21 @@ STEM_FILTERS = 16
 LAST_CONV_EXPANSION = 6  # the 1x1 conv before pooling: 6 x the last block (960 / 576)
 
 
+def preprocessing_layer(checkpoint=None):
+    """`Rescaling` of [0, 255] inputs to `(x / 255 - mean) / std`.
+
+    Uses the checkpoint's mean/std when it has them, else keras.applications'
+    mean = std = 0.5, i.e. [-1, 1].
+    """
+    mean = getattr(checkpoint, "mean", (0.5, 0.5, 0.5))
+    std = getattr(checkpoint, "std", (0.5, 0.5, 0.5))
+    return keras.layers.Rescaling(
+        scale=[1.0 / (255.0 * s) for s in std],
+        offset=[-m / s for m, s in zip(mean, std)],
+        name="rescaling",
+    )
+
+
 def create_mobilenetv3(
     variant="large",
     width_multiplier=1.0,
@@ -129,15 +144,7 @@ def create_mobilenetv3(
 
     body = []
     if include_preprocessing:
-        # [0, 255] -> (x / 255 - mean) / std; keras.applications' mean = std = 0.5.
-        mean, std = getattr(source, "mean", (0.5,) * 3), getattr(source, "std", (0.5,) * 3)
-        body.append(
-            keras.layers.Rescaling(
-                scale=[1.0 / (255.0 * s) for s in std],
-                offset=[-m / s for m, s in zip(mean, std)],
-                name="rescaling",
-            )
-        )
+        body.append(preprocessing_layer(source))
     stem = STEM_FILTERS
     if style.name == "timm" and alpha >= 0.75:
         stem = make_divisible(STEM_FILTERS * alpha)

@@ -119,6 +119,8 @@ def download(checkpoint, include_top=True):
     if not include_top and url == checkpoint.no_top_url:
         fname = fname.replace(".h5", "_no_top.h5")
     directory = cache_dir()
+    # get_file falls back to /tmp/.keras when the directory does not exist yet.
+    os.makedirs(directory, exist_ok=True)
     target = os.path.join(directory, fname)
     try:
         return keras.utils.get_file(
