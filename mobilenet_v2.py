@@ -18,11 +18,15 @@ from mobilenet_common import (
     check_width,
     checkpoint_normalization,
     classifier_head,
+    count_macs,
+    feature_pyramid,
     get_style,
     load_weights,
     normalize_images,
     resolve_weights,
 )
+
+__all__ = ["create_mobilenetv2", "count_macs", "feature_pyramid", "preprocess_input"]
 
 # Width multiplier of each published variant.
 VARIANTS = {"1.0": 1.0, "0.75": 0.75, "0.5": 0.5, "0.50": 0.5, "0.35": 0.35, "1.3": 1.3, "1.4": 1.4}

@@ -26,10 +26,14 @@ from mobilenet_common import (
     check_variant,
     check_width,
     classifier_head,
+    count_macs,
+    feature_pyramid,
     get_style,
     load_weights,
     resolve_weights,
 )
+
+__all__ = ["create_mobilenetv3", "count_macs", "feature_pyramid", "preprocess_input"]
 
 HS, RE = "hard_swish", "relu"
 SE_RATIO = 0.25

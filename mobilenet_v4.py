@@ -32,12 +32,16 @@ from mobilenet_common import (
     check_width,
     checkpoint_normalization,
     classifier_head,
+    count_macs,
+    feature_pyramid,
     get_style,
     load_weights,
     normalize_images,
     resolve_weights,
 )
 from weights.registry import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["create_mobilenetv4", "count_macs", "feature_pyramid", "preprocess_input"]
 
 # Block rows of the variant tables. `repeats` copies a row; only the first
 # copy carries the stride (as timm's `_rN` block strings).

@@ -1,0 +1,182 @@
+"""Feature extraction, multi-scale features, frozen fine-tuning, MACs and the example."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import (
+    BACKEND,
+    calibrated_timm_model,
+    max_abs_diff,
+    random_images,
+    randomize_keras_model,
+    to_numpy,
+)
+
+from mobilenet_common import count_macs, feature_pyramid
+from mobilenet_v1 import create_mobilenetv1
+from mobilenet_v2 import create_mobilenetv2
+from mobilenet_v3 import create_mobilenetv3
+from mobilenet_v4 import create_mobilenetv4
+from weights import transfer_from_keras_model
+from weights.timm import load_timm_state_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SMALL_MODELS = {
+    "v1": lambda **kw: create_mobilenetv1("0.25", **kw),
+    "v2": lambda **kw: create_mobilenetv2("0.35", **kw),
+    "v3": lambda **kw: create_mobilenetv3("small", **kw),
+    "v4": lambda **kw: create_mobilenetv4("conv_small", **kw),
+}
+
+
+@pytest.mark.parametrize("version", list(SMALL_MODELS))
+@pytest.mark.parametrize("pooling, rank", [(None, 4), ("avg", 2), ("max", 2)])
+def test_pooling_without_top(version, pooling, rank):
+    model = SMALL_MODELS[version](include_top=False, pooling=pooling, input_shape=(64, 64, 3))
+    y = to_numpy(model(random_images(2, 64, 64)))
+    assert y.ndim == rank
+    if pooling is None:
+        assert y.shape[1:3] == (2, 2)
+
+
+# (version factory, channels at strides 2, 4, 8, 16, 32) - the README table.
+PYRAMID_CHANNELS = {
+    "v1_1.0": (lambda: create_mobilenetv1("1.0", input_shape=(None, None, 3)), (64, 128, 256, 512, 1024)),
+    "v2_1.0": (lambda: create_mobilenetv2("1.0", input_shape=(None, None, 3)), (16, 24, 32, 96, 1280)),
+    "v3_large": (lambda: create_mobilenetv3("large", input_shape=(None, None, 3)), (16, 24, 40, 112, 960)),
+    "v3_small": (lambda: create_mobilenetv3("small", input_shape=(None, None, 3)), (16, 16, 24, 48, 576)),
+    "v4_conv_small": (lambda: create_mobilenetv4("conv_small", input_shape=(None, None, 3)), (32, 32, 64, 96, 960)),
+    "v4_hybrid_medium": (lambda: create_mobilenetv4("hybrid_medium", input_shape=(None, None, 3)), (32, 48, 80, 160, 960)),
+}
+
+
+@pytest.mark.parametrize("name", list(PYRAMID_CHANNELS))
+def test_feature_pyramid_channels_and_sizes(name):
+    factory, channels = PYRAMID_CHANNELS[name]
+    features = feature_pyramid(factory(), strides=(2, 4, 8, 16, 32))
+    outputs = features(random_images(1, 64, 96))
+    for (stride, expected), key in zip(zip((2, 4, 8, 16, 32), channels), sorted(outputs, key=lambda k: int(k.split("_")[1]))):
+        assert key == f"stride_{stride}"
+        assert tuple(outputs[key].shape) == (1, 64 // stride, 96 // stride, expected)
+
+
+def test_feature_pyramid_matches_keras_applications_layers():
+    ref = randomize_keras_model(keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None))
+    ours = create_mobilenetv2("1.0", input_shape=(96, 96, 3))
+    transfer_from_keras_model(ours, ref)
+    names = {8: "block_5_add", 16: "block_12_add"}
+    ref_features = keras.Model(ref.input, {s: ref.get_layer(n).output for s, n in names.items()})
+    x = random_images(1, 96, 96)
+    expected = ref_features(x, training=False)
+    got = feature_pyramid(ours, strides=(8, 16))(x, training=False)
+    for stride in names:
+        assert max_abs_diff(got[f"stride_{stride}"], expected[stride]) <= 1e-4
+
+
+def test_feature_pyramid_matches_timm_features_only():
+    ref = calibrated_timm_model("mobilenetv4_conv_small", 96)
+    ours = create_mobilenetv4("conv_small", input_shape=(96, 96, 3))
+    load_timm_state_dict(ours, ref.state_dict())
+    import torch
+
+    x = random_images(1, 96, 96)
+    with torch.no_grad():
+        maps = ref.forward_intermediates(torch.from_numpy(x.transpose(0, 3, 1, 2)),
+                                         intermediates_only=True)
+    got = feature_pyramid(ours, strides=(4, 8, 16))(x, training=False)
+    by_stride = {96 // m.shape[-1]: m.numpy().transpose(0, 2, 3, 1) for m in maps}
+    for stride in (4, 8, 16):
+        assert max_abs_diff(got[f"stride_{stride}"], by_stride[stride]) <= 1e-4
+
+
+def test_feature_pyramid_rejects_unknown_stride():
+    with pytest.raises(ValueError, match=r"Unavailable strides \[64\].*available: \[2, 4, 8, 16, 32\]"):
+        feature_pyramid(create_mobilenetv3("small", input_shape=(64, 64, 3)), strides=(64,))
+
+
+def test_frozen_backbone_keeps_batchnorm_statistics():
+    backbone = create_mobilenetv3("small", include_top=False, pooling="avg",
+                                  input_shape=(64, 64, 3), style="timm")
+    inputs = keras.Input((64, 64, 3))
+    outputs = keras.layers.Dense(3, activation="softmax")(backbone(inputs))
+    model = keras.Model(inputs, outputs)
+    x = random_images(16, 64, 64, low=0, high=255)
+    y = np.arange(16) % 3
+    # Pretrain briefly so the BatchNorm statistics are the data's, as after
+    # loading ImageNet weights; then freeze the backbone and fine-tune.
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    backbone.trainable = False
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    before = [to_numpy(w).copy() for w in backbone.weights]
+    head_before = to_numpy(model.layers[-1].kernel).copy()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    moving = [w.path for w in backbone.weights if "moving" in w.path]
+    assert len(moving) > 50
+    for w, old in zip(backbone.weights, before):
+        np.testing.assert_array_equal(to_numpy(w), old, err_msg=w.path)
+    assert not np.array_equal(to_numpy(model.layers[-1].kernel), head_before)
+    # A frozen backbone computes the same thing in training and inference mode.
+    features = to_numpy(backbone(x[:2], training=False))
+    assert np.abs(features).max() > 1e-3
+    assert max_abs_diff(backbone(x[:2], training=True), features) == 0.0
+
+
+def test_unfrozen_backbone_updates_batchnorm_statistics():
+    backbone = create_mobilenetv3("small", include_top=False, pooling="avg",
+                                  input_shape=(64, 64, 3), style="timm")
+    model = keras.Sequential([backbone, keras.layers.Dense(3)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    stat = next(w for w in backbone.weights if "moving_mean" in w.path)
+    before = to_numpy(stat).copy()
+    model.fit(random_images(8, 64, 64, low=0, high=255), np.arange(8) % 3, epochs=1, verbose=0)
+    assert not np.array_equal(to_numpy(stat), before)
+
+
+# MACs at 224 (256 for hybrid_medium), conv + dense + attention matmuls,
+# from the architecture spec §6.2-6.3 (keras / timm flop counter).
+REFERENCE_MACS = {
+    "v1_1.0": (lambda: create_mobilenetv1("1.0"), 568_740_352),
+    "v1_0.25": (lambda: create_mobilenetv1("0.25"), 41_030_272),
+    "v2_1.0": (lambda: create_mobilenetv2("1.0"), 300_774_272),
+    "v2_1.4": (lambda: create_mobilenetv2("1.4"), 582_195_824),
+    "v3_large": (lambda: create_mobilenetv3("large"), 216_589_760),
+    "v3_large_min": (lambda: create_mobilenetv3("large", minimalistic=True), 209_136_704),
+    "v3_small": (lambda: create_mobilenetv3("small"), 56_510_400),
+    "v3_small_075": (lambda: create_mobilenetv3("small", 0.75), 43_399_344),
+    "v4_conv_small": (lambda: create_mobilenetv4("conv_small"), 186_005_568),
+    "v4_conv_medium_224": (lambda: create_mobilenetv4("conv_medium", input_shape=(224, 224, 3)), 827_649_984),
+    "v4_hybrid_medium": (lambda: create_mobilenetv4("hybrid_medium"), 1_271_183_360),
+}
+
+
+@pytest.mark.parametrize("name", list(REFERENCE_MACS))
+def test_mac_counter_matches_reference(name):
+    factory, expected = REFERENCE_MACS[name]
+    assert count_macs(factory()) == expected
+
+
+def test_mac_counter_counts_attention():
+    model = create_mobilenetv4("hybrid_large", input_shape=(None, None, 3))
+    assert count_macs(model, (384, 384, 3)) == 7_711_877_120
+
+
+def test_transfer_learning_example_reaches_accuracy(tmp_path):
+    # A short run of the README's main job on the current backend.
+    env = dict(os.environ, KERAS_BACKEND=BACKEND)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "transfer_learning.py"),
+         "--epochs", "3", "--output", str(tmp_path / "digits.keras")],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(ln for ln in result.stdout.splitlines() if "validation accuracy:" in ln)
+    accuracy = float(line.rsplit(":", 1)[1])
+    assert accuracy >= 0.8, result.stdout[-2000:]
+    assert (tmp_path / "digits.keras").exists()
+    assert "reloaded model predicts" in result.stdout
