@@ -1,0 +1,1293 @@
+#!/usr/bin/env python
+"""Speed benchmark of the MobileNet V1-V4 factories against keras.applications and timm.
+
+For every variant this prints parameters, MACs, build time, inference latency
+(batch 1 and 32 by default) and one training step, on each Keras backend side
+by side, next to keras.applications (same backend) and timm (PyTorch eager and
+``torch.compile``). See benchmarks/README.md for how to run it.
+
+Design: KERAS_BACKEND is fixed per process, so the driver (this script without
+``--worker``) starts one worker subprocess per backend, one after the other
+(never concurrently, so they do not compete for cores), plus one for timm. Each
+worker writes its results as JSON (after every model, so a worker that crashes
+or times out still leaves what it measured); the driver merges them, prints a
+Markdown report and draws latency against MACs.
+
+The driver itself imports neither Keras nor TensorFlow; it imports torch (or
+numpy) only to measure the peak matmul throughput of the machine.
+"""
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+ALL_BACKENDS = KERAS_BACKENDS + ("timm",)
+
+# key -> what to build. `size` is the default resolution (V4: the variant's
+# default_size in mobilenet_v4.VARIANTS, checked by the Keras workers).
+MODELS = {
+    "v1": dict(
+        label="MobileNetV1 1.0",
+        module="mobilenet_v1",
+        factory="create_mobilenetv1",
+        kwargs={"variant": "1.0"},
+        keras_app="MobileNet",
+        timm="mobilenetv1_100",
+        size=224,
+    ),
+    "v2": dict(
+        label="MobileNetV2 1.0",
+        module="mobilenet_v2",
+        factory="create_mobilenetv2",
+        kwargs={"variant": "1.0"},
+        keras_app="MobileNetV2",
+        timm="mobilenetv2_100",
+        size=224,
+    ),
+    "v3_large": dict(
+        label="MobileNetV3 large",
+        module="mobilenet_v3",
+        factory="create_mobilenetv3",
+        kwargs={"variant": "large"},
+        keras_app="MobileNetV3Large",
+        timm="mobilenetv3_large_100",
+        size=224,
+    ),
+    "v3_small": dict(
+        label="MobileNetV3 small",
+        module="mobilenet_v3",
+        factory="create_mobilenetv3",
+        kwargs={"variant": "small"},
+        keras_app="MobileNetV3Small",
+        timm="mobilenetv3_small_100",
+        size=224,
+    ),
+}
+for _variant, _size in (
+    ("conv_small", 224),
+    ("conv_medium", 256),
+    ("conv_large", 384),
+    ("hybrid_medium", 256),
+    ("hybrid_large", 384),
+):
+    MODELS[f"v4_{_variant}"] = dict(
+        label=f"MobileNetV4 {_variant}",
+        module="mobilenet_v4",
+        factory="create_mobilenetv4",
+        kwargs={"variant": _variant},
+        keras_app=None,
+        timm=f"mobilenetv4_{_variant}",
+        size=_size,
+        v4_variant=_variant,
+    )
+
+MODEL_GROUPS = {
+    "all": list(MODELS),
+    "v3": ["v3_large", "v3_small"],
+    "v4": [k for k in MODELS if k.startswith("v4_")],
+}
+
+# Columns of the report, in order: (implementation, backend) -> header.
+IMPL_LABELS = {"ours": "ours", "keras_apps": "keras.apps", "timm_eager": "timm eager",
+               "timm_compiled": "timm compiled"}
+
+# Inference / training paths a Keras worker tries on each backend. Every path
+# is Keras' own `predict_on_batch` / `train_on_batch`; they differ only in the
+# model's `jit_compile` (TensorFlow: XLA or a plain tf.function graph; JAX:
+# always jax.jit; torch: eager, or torch.compile with --keras-torch-compile).
+KERAS_PATHS = {
+    "tensorflow": {"xla": True, "graph": False},
+    "jax": {"jit": True},
+    "torch": {"eager": False, "compile": True},
+}
+
+
+# --------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def time_calls(fn, warmup, repeats, budget_s, min_repeats=2, spent_s=0.0, give_up_s=None):
+    """Median wall time of `fn` (which must block until its result is ready).
+
+    Runs up to `warmup` untimed calls, then up to `repeats` timed ones. The
+    warm-up stops after one call once `budget_s` / 4 seconds have passed
+    (counting `spent_s`, already spent on the first, compiling call), and is
+    skipped when that first call alone took more than `budget_s`: a call of
+    minutes needs no warming. Timing stops once `min_repeats` calls are timed
+    and `budget_s` seconds have passed in all. Any call after the first that
+    takes longer than `give_up_s` ends the measurement at once (`gave_up`):
+    another path already did the same work more than twice as fast.
+    """
+    start = time.perf_counter() - spent_s
+    times = []
+
+    def call():
+        t0 = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - t0
+        return give_up_s is not None and elapsed > give_up_s, elapsed
+
+    gave_up = False
+    for i in range(warmup if spent_s <= budget_s else 0):
+        if i >= 1 and time.perf_counter() - start > budget_s / 4:
+            break
+        gave_up, elapsed = call()
+        if gave_up:
+            times.append(elapsed)
+            break
+    while not gave_up and len(times) < repeats:
+        gave_up, elapsed = call()
+        times.append(elapsed)
+        if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
+            break
+    stats = {
+        "median_ms": 1e3 * statistics.median(times),
+        "min_ms": 1e3 * min(times),
+        "times_ms": [round(1e3 * t, 3) for t in times],
+        "repeats": len(times),
+    }
+    if gave_up:
+        stats["gave_up"] = True
+    return stats
+
+
+def give_up_after(best):
+    """Seconds after which a call of another path is hopeless next to `best` stats."""
+    return None if best is None else max(2e-3 * best["median_ms"], 1.0)
+
+
+def timed_first_call(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+class ResultFile:
+    """A worker's JSON result, rewritten after every model."""
+
+    def __init__(self, path, header):
+        self.path = path
+        self.data = dict(header, records=[])
+        self.flush()
+
+    def add(self, record):
+        self.data["records"].append(record)
+        self.flush()
+
+    def flush(self):
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f, indent=1)
+        os.replace(tmp, self.path)
+
+
+def torch_flop_count(fn):
+    """Total FLOPs torch's dispatcher sees (conv/matmul/attention) while `fn` runs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def error_text(exc):
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) < 400 else text[:400] + "..."
+
+
+# --------------------------------------------------------------------------
+# Keras worker (one backend per process)
+# --------------------------------------------------------------------------
+
+
+def keras_worker(args):
+    backend = args.backend
+    os.environ["KERAS_BACKEND"] = backend
+    sys.path.insert(0, str(REPO_ROOT))
+    if backend == "torch":
+        import torch  # noqa: F401  (torch before anything that may load TensorFlow)
+    import importlib
+
+    import keras
+    import numpy as np
+
+    assert keras.backend.backend() == backend, keras.backend.backend()
+    keras.utils.set_random_seed(0)
+    header = {
+        "backend": backend,
+        "versions": {"keras": keras.__version__, "numpy": np.__version__},
+        "device": args.device,
+        "notes": [],
+    }
+    device_ok, device_name, versions = _keras_device_info(backend, args.device)
+    header["versions"].update(versions)
+    header["device_name"] = device_name
+    results = ResultFile(args.result_file, header)
+    if not device_ok:
+        results.data["error"] = f"no GPU visible to {backend}: {device_name}"
+        results.flush()
+        log(results.data["error"])
+        return
+
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy(f"mixed_{args.mp_dtype}")
+    paths = dict(KERAS_PATHS[backend])
+    if backend == "tensorflow" and args.device == "cpu":
+        # The faster path on CPU first, so the other can give up early (see time_calls).
+        paths = {"graph": False, "xla": True}
+    if backend == "torch" and not args.keras_torch_compile:
+        paths.pop("compile")
+    if args.keras_path:
+        paths = {p: paths[p] for p in args.keras_path.split(",") if p in paths} or paths
+    results.data["paths"] = list(paths)
+    results.flush()
+
+    try:
+        from mobilenet_common import count_macs
+    except ImportError:
+        count_macs = None
+
+    for key in args.models.split(","):
+        spec = MODELS[key]
+        size = args.size or spec["size"]
+        impls = ["ours"] + (["keras_apps"] if spec["keras_app"] and not args.no_keras_apps else [])
+        for impl in impls:
+            log(f"[{backend}] {key} {impl} @ {size}")
+            record = {"model": key, "impl": impl, "backend": backend, "size": size}
+            # Added first and rewritten after every measurement, so that a worker
+            # killed halfway (out of memory, timeout) leaves what it measured.
+            results.add(record)
+            results.data["current"] = [key, impl]
+            results.flush()
+            try:
+                _bench_keras_model(record, spec, impl, size, paths, count_macs, args,
+                                   keras, np, importlib, results.flush)
+            except Exception as exc:  # keep going: one broken model must not stop the run
+                record["error"] = error_text(exc)
+                log(traceback.format_exc())
+            results.flush()
+            keras.backend.clear_session()
+            gc.collect()
+
+
+def _keras_device_info(backend, device):
+    """(GPU present if asked for, device name, framework versions)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        name = ", ".join(g.name for g in gpus) if gpus else "cpu"
+        return (bool(gpus) or device == "cpu"), name, {"tensorflow": tf.__version__}
+    if backend == "jax":
+        import jax
+
+        devices = jax.devices()
+        name = f"{devices[0].platform}: {devices[0].device_kind}"
+        return (devices[0].platform == "gpu" or device == "cpu"), name, {"jax": jax.__version__}
+    import torch
+
+    gpu = torch.cuda.is_available()
+    name = torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)"
+    return (gpu or device == "cpu"), name, {"torch": torch.__version__}
+
+
+def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras, np, importlib,
+                       flush):
+    input_shape = (size, size, 3)
+    if impl == "ours":
+        module = importlib.import_module(spec["module"])
+        if "v4_variant" in spec:
+            default = module.VARIANTS[spec["v4_variant"]]["default_size"]
+            if default != spec["size"]:
+                record["note"] = f"benchmark table says {spec['size']}, VARIANTS says {default}"
+        build = lambda: getattr(module, spec["factory"])(  # noqa: E731
+            **spec["kwargs"], input_shape=input_shape, weights=None
+        )
+    else:
+        build = lambda: getattr(keras.applications, spec["keras_app"])(  # noqa: E731
+            input_shape=input_shape, weights=None
+        )
+    # Built twice: the first build in a process pays one-off costs (on JAX,
+    # compiling the initializers for every new weight shape), so it depends
+    # on which models were built before; the second is the steady cost.
+    t0 = time.perf_counter()
+    model = build()
+    record["build_cold_s"] = time.perf_counter() - t0
+    del model
+    gc.collect()
+    t0 = time.perf_counter()
+    model = build()
+    record["build_s"] = time.perf_counter() - t0
+    record["params"] = int(model.count_params())
+    log(f"  built in {record['build_cold_s']:.1f} s (cold), {record['build_s']:.1f} s (warm)")
+    flush()
+    record["macs"], record["macs_source"] = _keras_macs(model, input_shape, impl, count_macs,
+                                                       record, keras)
+    flush()
+
+    rng = np.random.default_rng(0)
+
+    def images(batch):
+        x = rng.uniform(0.0, 255.0, size=(batch,) + input_shape).astype("float32")
+        return keras.ops.convert_to_tensor(x)  # on the accelerator, if any, before timing
+
+    record["infer"] = {}
+    for batch in args.batches:
+        x = images(batch)
+        best = None
+        for path, jit in paths.items():
+            try:
+                model.predict_function = None
+                model.jit_compile = jit
+                def fn(x=x):
+                    return model.predict_on_batch(x)  # returns NumPy: synced
+
+                first = timed_first_call(fn)
+                stats = time_calls(fn, args.warmup - 1, args.repeats, args.budget,
+                                   spent_s=first, give_up_s=give_up_after(best))
+                stats.update(first_call_s=first, path=path)
+            except Exception as exc:
+                stats = {"path": path, "error": error_text(exc)}
+                log(traceback.format_exc())
+            record.setdefault("infer_all", {}).setdefault(str(batch), []).append(stats)
+            if "median_ms" in stats and (best is None or stats["median_ms"] < best["median_ms"]):
+                best = stats
+        record["infer"][str(batch)] = best or {"error": "every path failed"}
+        log(f"  batch {batch}: " + _summary(record["infer_all"][str(batch)]))
+        flush()
+        del x
+
+    if args.train_batch:
+        x = images(args.train_batch)
+        labels = rng.integers(0, 1000, size=args.train_batch)
+        y = keras.ops.convert_to_tensor(np.eye(1000, dtype="float32")[labels])
+        best = None
+        for path, jit in paths.items():
+            try:
+                model.compile(
+                    optimizer=keras.optimizers.SGD(learning_rate=0.01),
+                    loss="categorical_crossentropy",
+                    jit_compile=jit,
+                )
+                def fn():
+                    return model.train_on_batch(x, y)  # returns a float: synced
+
+                first = timed_first_call(fn)
+                stats = time_calls(fn, args.warmup - 1, args.train_repeats, args.budget,
+                                   spent_s=first, give_up_s=give_up_after(best))
+                stats.update(first_call_s=first, path=path)
+            except Exception as exc:
+                stats = {"path": path, "error": error_text(exc)}
+                log(traceback.format_exc())
+            record.setdefault("train_all", []).append(stats)
+            if "median_ms" in stats and (best is None or stats["median_ms"] < best["median_ms"]):
+                best = stats
+        record["train"] = dict(best or {"error": "every path failed"}, batch=args.train_batch)
+        log(f"  train batch {args.train_batch}: " + _summary(record["train_all"]))
+
+
+def _summary(all_stats):
+    parts = []
+    for st in all_stats:
+        if "median_ms" in st:
+            gave_up = ", gave up: over twice the other path" if st.get("gave_up") else ""
+            parts.append(f"{st.get('path', '')} {st['median_ms']:.1f} ms "
+                         f"(first call {st['first_call_s']:.1f} s, {st['repeats']} timed{gave_up})")
+        else:
+            parts.append(f"{st.get('path', '')} error")
+    return "; ".join(parts)
+
+
+def _keras_macs(model, input_shape, impl, count_macs, record, keras):
+    """MACs of one image: count_macs if the package has it, else torch's flop counter."""
+    if count_macs is not None:
+        try:
+            return int(count_macs(model, input_shape)), "count_macs"
+        except Exception as exc:
+            record["macs_error"] = f"count_macs: {error_text(exc)}"
+    if keras.backend.backend() == "torch":
+        import numpy as np
+
+        x = np.zeros((1,) + input_shape, "float32")
+        try:
+            return torch_flop_count(lambda: model(x, training=False)) // 2, "torch flop counter"
+        except Exception as exc:
+            record["macs_error"] = f"flop counter: {error_text(exc)}"
+    return None, None
+
+
+# --------------------------------------------------------------------------
+# timm worker (PyTorch eager and torch.compile)
+# --------------------------------------------------------------------------
+
+
+def timm_worker(args):
+    import timm
+    import torch
+
+    use_gpu = args.device == "gpu"
+    header = {
+        "backend": "timm",
+        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "notes": [],
+    }
+    if use_gpu and not torch.cuda.is_available():
+        header["device_name"] = "cpu"
+        results = ResultFile(args.result_file, header)
+        results.data["error"] = "no GPU visible to torch"
+        results.flush()
+        log(results.data["error"])
+        return
+    device = torch.device("cuda" if use_gpu else "cpu")
+    torch.manual_seed(0)
+    header["device_name"] = (
+        torch.cuda.get_device_name(0) if use_gpu else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    results = ResultFile(args.result_file, header)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    autocast_dtype = getattr(torch, args.mp_dtype) if args.mixed_precision else None
+
+    def sync():
+        if use_gpu:
+            torch.cuda.synchronize()
+
+    def autocast():
+        return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+
+    for key in args.models.split(","):
+        spec = MODELS[key]
+        size = args.size or spec["size"]
+        log(f"[timm] {key} ({spec['timm']}) @ {size}")
+        results.data["current"] = [key, "timm"]
+        results.flush()
+        base = {"model": key, "backend": "timm", "size": size, "timm_name": spec["timm"]}
+        records = {impl: dict(base, impl=impl) for impl in ("timm_eager", "timm_compiled")}
+        for rec in records.values():
+            results.add(rec)
+        try:
+            build_s = []
+            for _ in range(2):  # cold, then warm (as the Keras workers)
+                t0 = time.perf_counter()
+                model = timm.create_model(spec["timm"], pretrained=False, num_classes=1000)
+                build_s.append(time.perf_counter() - t0)
+            model = model.to(device, memory_format=memory_format).eval()
+            params = sum(p.numel() for p in model.parameters())
+            x1 = torch.zeros(1, 3, size, size, device=device)
+            macs = torch_flop_count(lambda: model(x1)) // 2  # noqa: B023  (called right here)
+            for rec in records.values():
+                rec.update(build_cold_s=build_s[0], build_s=build_s[1], params=params, macs=macs,
+                           macs_source="torch flop counter", infer={})
+            results.flush()
+            # Static shapes: one specialised graph per batch size, as XLA.
+            compiled = torch.compile(model, dynamic=False)
+            runners = {"timm_eager": model, "timm_compiled": compiled}
+
+            for batch in args.batches:
+                x = torch.randn(batch, 3, size, size, device=device).contiguous(
+                    memory_format=memory_format)
+                for impl, net in runners.items():
+                    def infer(net=net, x=x):
+                        with torch.inference_mode(), autocast():
+                            net(x)
+                        sync()
+                    try:
+                        first = timed_first_call(infer)
+                        stats = time_calls(infer, args.warmup - 1, args.repeats, args.budget,
+                                           spent_s=first)
+                        stats.update(first_call_s=first, path=impl.split("_")[1])
+                    except Exception as exc:
+                        stats = {"error": error_text(exc)}
+                        log(traceback.format_exc())
+                    records[impl]["infer"][str(batch)] = stats
+                    log(f"  {impl} batch {batch}: " + _summary([stats]))
+                    results.flush()
+                del x
+
+            if args.train_batch:
+                model.train()
+                x = torch.randn(args.train_batch, 3, size, size, device=device).contiguous(
+                    memory_format=memory_format)
+                y = torch.randint(0, 1000, (args.train_batch,), device=device)
+                loss_fn = torch.nn.CrossEntropyLoss()
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+                for impl, net in runners.items():
+                    def step(net=net, x=x, y=y, optimizer=optimizer, loss_fn=loss_fn):
+                        optimizer.zero_grad(set_to_none=True)
+                        with autocast():
+                            loss = loss_fn(net(x), y)
+                        loss.backward()
+                        optimizer.step()
+                        sync()
+                    try:
+                        first = timed_first_call(step)
+                        stats = time_calls(step, args.warmup - 1, args.train_repeats,
+                                           args.budget, spent_s=first)
+                        stats.update(first_call_s=first, path=impl.split("_")[1])
+                    except Exception as exc:
+                        stats = {"error": error_text(exc)}
+                        log(traceback.format_exc())
+                    records[impl]["train"] = dict(stats, batch=args.train_batch)
+                    log(f"  {impl} train batch {args.train_batch}: " + _summary([stats]))
+                    results.flush()
+            del compiled, runners
+        except Exception as exc:
+            for rec in records.values():
+                rec["error"] = error_text(exc)
+            log(traceback.format_exc())
+        results.flush()
+        torch._dynamo.reset()
+        gc.collect()
+        if use_gpu:
+            torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------
+
+
+def measure_peak(device, size, repeats, mixed_precision, mp_dtype):
+    """Peak matmul FLOP/s: the best of float32 numpy and torch (CPU), or torch (GPU)."""
+    peaks = {}
+    flops = 2.0 * size**3
+    try:
+        import torch
+    except ImportError:
+        torch = None
+
+    if device == "gpu":
+        if torch is None or not torch.cuda.is_available():
+            return {}, None, "no GPU visible to torch: peak not measured"
+        dtypes = [("float32", torch.float32, False), ("tf32", torch.float32, True)]
+        if mixed_precision:
+            dtypes.append((mp_dtype, getattr(torch, mp_dtype), False))
+        for name, dtype, tf32 in dtypes:
+            previous = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(size, size, device="cuda", dtype=dtype)
+            b = torch.randn(size, size, device="cuda", dtype=dtype)
+
+            def run(a=a, b=b):
+                a @ b
+                torch.cuda.synchronize()
+
+            stats = time_calls(run, 3, repeats, budget_s=30)
+            peaks[f"torch {name} {size}x{size} (cuda)"] = flops / (stats["min_ms"] / 1e3)
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        # Mixed precision runs compare to the low-precision peak, float32 runs
+        # to TF32 (TensorFlow and JAX use TF32 by default on such GPUs).
+        key = mp_dtype if mixed_precision else "tf32"
+        ref = next(k for k in peaks if f" {key} " in k)
+        return peaks, ref, None
+
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
+    stats = time_calls(lambda: a @ b, 2, repeats, budget_s=30)
+    peaks[f"numpy float32 {size}x{size}"] = flops / (stats["min_ms"] / 1e3)
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        stats = time_calls(lambda: ta @ tb, 2, repeats, budget_s=30)
+        peaks[f"torch float32 {size}x{size} ({torch.get_num_threads()} threads)"] = flops / (
+            stats["min_ms"] / 1e3
+        )
+    ref = max(peaks, key=peaks.get)
+    return peaks, ref, None
+
+
+def run_worker(backend, args, tmpdir):
+    """Run one backend's worker; if it dies (out of memory, say) or times out, record
+    an error for the model it was measuring and start a new one for the rest."""
+    models = args.models.split(",")
+    remaining = list(models)
+    merged = None
+    t0 = time.perf_counter()
+    for attempt in range(len(models)):
+        result_file = os.path.join(tmpdir, f"{backend}-{attempt}.json")
+        status = _spawn_worker(backend, args, ",".join(remaining), result_file)
+        try:
+            with open(result_file) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            data = {"backend": backend, "records": []}
+        if merged is None:
+            merged = dict(data, records=[])
+        merged["records"] += data["records"]
+        if status is None or data.get("error"):
+            if status:
+                merged["error"] = "; ".join(filter(None, [data.get("error"), f"worker {status}"]))
+            break
+        current = data.get("current")
+        if not current:
+            merged["error"] = f"worker {status} before measuring anything"
+            break
+        key, impl = current
+        log(f"=== worker {backend} {status} while measuring {key} {impl}; going on")
+        impls = ["timm_eager", "timm_compiled"] if backend == "timm" else [impl]
+        for name in impls:
+            error = f"worker {status} while measuring it (what it measured before is kept)"
+            partial = [r for r in data["records"] if (r["model"], r["impl"]) == (key, name)]
+            if partial:
+                partial[0]["error"] = error
+            else:
+                merged["records"].append({"model": key, "impl": name, "backend": backend,
+                                          "error": error})
+        remaining = remaining[remaining.index(key) + 1:]
+        if not remaining:
+            break
+    merged.pop("current", None)
+    merged["wall_s"] = time.perf_counter() - t0
+    log(f"=== worker {backend} done in {merged['wall_s']:.0f} s")
+    return merged
+
+
+def _spawn_worker(backend, args, models, result_file):
+    """Start a worker and wait for it; returns None or what went wrong."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backend", backend,
+           "--result-file", result_file, "--models", models]
+    for name in ("size", "warmup", "repeats", "train_repeats", "budget", "train_batch",
+                 "device", "mp_dtype", "keras_path", "threads"):
+        value = getattr(args, name)
+        if value is not None:
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+    cmd += ["--batch", ",".join(str(b) for b in args.batches)]
+    for flag in ("mixed_precision", "keras_torch_compile", "no_keras_apps", "channels_last"):
+        if getattr(args, flag):
+            cmd.append(f"--{flag.replace('_', '-')}")
+    env = dict(os.environ)
+    if backend in KERAS_BACKENDS:
+        env["KERAS_BACKEND"] = backend
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.device == "cpu":
+        # Keep every framework on the CPU even on a machine with a GPU.
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["JAX_PLATFORMS"] = "cpu"
+    else:
+        env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    log(f"=== worker {backend}: {' '.join(cmd[2:])}")
+    # Its own process group, so that a timeout also ends the compile workers it started.
+    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), start_new_session=True)
+    try:
+        returncode = proc.wait(timeout=args.worker_timeout)
+        return None if returncode == 0 else f"exit status {returncode}"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return f"timed out after {args.worker_timeout} s"
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def limit_threads(threads):
+    """Pin this process (and the workers, which inherit it) to `threads` cores."""
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[name] = str(threads)
+    return cpus
+
+
+def driver(args):
+    started = datetime.datetime.now()
+    if args.threads:
+        log(f"pinned to cores {limit_threads(args.threads)}")
+    t_start = time.perf_counter()
+    machine = machine_info()
+    log("measuring peak matmul throughput ...")
+    peak_size = args.peak_size or (8192 if args.device == "gpu" else 2048)
+    peaks, peak_ref, peak_error = measure_peak(args.device, peak_size, 10, args.mixed_precision,
+                                               args.mp_dtype)
+    for name, value in peaks.items():
+        log(f"  {name}: {value / 1e9:.1f} GFLOP/s")
+
+    run = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "result_file")},
+        "peaks": peaks,
+        "peak_ref": peak_ref,
+        "peak_error": peak_error,
+        "workers": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="mobilenet-bench-") as tmp:
+        for backend in args.backends.split(","):
+            run["workers"][backend] = run_worker(backend, args, tmp)
+            run["wall_s"] = time.perf_counter() - t_start
+            run["load_average_end"] = machine_info().get("load_average")
+            # Written after every worker, so an interrupted run keeps what it has.
+            write_outputs(run, args, final=False)
+    write_outputs(run, args, final=True)
+
+
+def write_outputs(run, args, final):
+    report = render_report(run, args, final)
+    if final:
+        print(report)
+    if args.output:
+        Path(args.output).write_text(report)
+        log(f"wrote {args.output}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(run, indent=1))
+        log(f"wrote {args.json}")
+    if final and args.plot and args.plot.lower() != "none":
+        try:
+            plot(run, args.plot)
+            log(f"wrote {args.plot}")
+        except ImportError:
+            log("matplotlib is not installed (pip install matplotlib): no plot")
+
+
+def machine_info():
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "cores_used": len(os.sched_getaffinity(0))}
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+# ---- report ---------------------------------------------------------------
+
+
+def collect(run):
+    """{(model, impl, backend): record} over every worker."""
+    table = {}
+    for data in run["workers"].values():
+        for rec in data.get("records", []):
+            table[(rec["model"], rec["impl"], rec["backend"])] = rec
+    return table
+
+
+def columns(run):
+    """The (impl, backend) columns present, ours first, then keras.apps, then timm."""
+    cols = []
+    keras_backends = [b for b in run["workers"] if b in KERAS_BACKENDS]
+    impls = ("ours",) if run["settings"].get("no_keras_apps") else ("ours", "keras_apps")
+    for impl in impls:
+        cols += [(impl, b) for b in keras_backends]
+    if "timm" in run["workers"]:
+        cols += [("timm_eager", "timm"), ("timm_compiled", "timm")]
+    return cols
+
+
+def column_label(col):
+    impl, backend = col
+    return IMPL_LABELS[impl] if backend == "timm" else f"{IMPL_LABELS[impl]} {backend}"
+
+
+def model_macs(table, key):
+    """(MACs, source) of our model: count_macs, else a flop counter on ours, else timm's."""
+    for backend in KERAS_BACKENDS:
+        rec = table.get((key, "ours", backend), {})
+        if rec.get("macs_source") == "count_macs":
+            return rec["macs"], "count_macs (ours)"
+    rec = table.get((key, "ours", "torch"), {})
+    if rec.get("macs"):
+        return rec["macs"], "flop counter on ours (torch backend)"
+    rec = table.get((key, "timm_eager", "timm"), {})
+    if rec.get("macs"):
+        return rec["macs"], f"flop counter on timm {rec['timm_name']}"
+    return None, None
+
+
+def record_macs(table, key, impl, backend):
+    rec = table.get((key, impl, backend), {})
+    if rec.get("macs"):
+        return rec["macs"]
+    if impl == "keras_apps":
+        for b in KERAS_BACKENDS:
+            if table.get((key, impl, b), {}).get("macs"):
+                return table[(key, impl, b)]["macs"]
+    return model_macs(table, key)[0]
+
+
+def fmt(value, spec=".1f", missing="—"):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+def metric(rec, kind, batch=None):
+    """Median ms of an inference batch or the training step, or None."""
+    if not rec:
+        return None
+    if kind == "build":
+        return rec.get("build_s")
+    stats = rec.get("infer", {}).get(str(batch)) if kind == "infer" else rec.get("train")
+    return (stats or {}).get("median_ms")
+
+
+def cell(rec, kind, batch=None, show_path=False):
+    if rec is None:
+        return "—"
+    stats = rec.get("infer", {}).get(str(batch)) if kind == "infer" else rec.get("train")
+    if not stats or "median_ms" not in stats:
+        return "error" if stats or "error" in rec else "—"
+    text = fmt(stats["median_ms"])
+    if show_path and stats.get("path"):
+        text += f" ({stats['path']})"
+    return text
+
+
+def ratio(ours, ref):
+    if not ours or not ref:
+        return "—"
+    r = ours / ref
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.3f}"
+
+
+def md_table(header, rows, align=None):
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    marks = {"l": "---", "r": "---:"}
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_report(run, args, final=True):
+    table = collect(run)
+    cols = columns(run)
+    models = args.models.split(",")
+    workers = run["workers"]
+    machine = run["machine"]
+    out = []
+    device = "GPU" if args.device == "gpu" else "CPU"
+    out.append(f"# MobileNet benchmark ({device})\n")
+    out.append(f"Run {run['started']}, {run['wall_s'] / 60:.1f} min in all. Command: "
+               f"`python benchmarks/benchmark.py {' '.join(args.argv)}`\n")
+    if not final:
+        todo = [b for b in args.backends.split(",") if b not in run["workers"]]
+        out.append(f"**Partial report, written before the workers {', '.join(todo)} ran: "
+                   "the run is still going on, or was interrupted.**\n")
+    out.append(f"- Machine: {machine.get('cpu', '?')}, {machine['cpu_count']} cores "
+               f"({machine['cores_used']} used), "
+               f"{machine['platform']}, Python {machine['python']}; load average (1, 5, 15 min) "
+               f"at the start {machine.get('load_average', '?')}, at the end "
+               f"{run.get('load_average_end', '?')}.")
+    load = max((machine.get("load_average") or [0])[:1] + (run.get("load_average_end") or [0])[:1])
+    if args.device == "cpu" and load > 0.5 * (machine["cpu_count"] or 1):
+        out.append("- **The machine was busy (load average above half its cores): other "
+                   "processes competed for the cores and the timings are noisy; rerun on an "
+                   "idle machine.**")
+    for backend, data in workers.items():
+        versions = ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items())
+        line = f"- Worker `{backend}`: {data.get('device_name', '?')}; {versions}; " \
+               f"{data.get('wall_s', 0):.0f} s"
+        if data.get("paths"):
+            line += f"; inference/training paths tried: {', '.join(data['paths'])}"
+        if data.get("error"):
+            line += f"; **{data['error']}**"
+        out.append(line + ".")
+    if run["peaks"]:
+        peaks = "; ".join(f"{k}: {v / 1e9:,.0f} GFLOP/s" for k, v in run["peaks"].items())
+        out.append(f"- Peak matmul (best of {10} runs each): {peaks}. Fractions below use "
+                   f"**{run['peak_ref']}**.")
+    elif run["peak_error"]:
+        out.append(f"- Peak matmul: {run['peak_error']}.")
+    precision = f"mixed precision ({args.mp_dtype})" if args.mixed_precision else "float32"
+    out.append(
+        f"- Batches {args.batches}, training step at batch {args.train_batch or 'none'}; "
+        f"{precision}; input {args.size or 'default size per model (224; V4: its default_size)'}"
+        f"; median of up to {args.repeats} timed calls ({args.train_repeats} for training) "
+        f"after {args.warmup} warm-up calls (the first, which compiles, is reported apart), "
+        f"each measurement cut short after {args.budget:.0f} s once 2 calls are timed."
+    )
+    out.append(
+        "- Keras inference: `model.predict_on_batch(x)` on inputs already converted with "
+        "`keras.ops.convert_to_tensor` (so on the device); it returns NumPy, which syncs. "
+        "It is Keras' own fastest jitted path: on TensorFlow it tries both XLA "
+        "(`jit_compile=True`) and a plain `tf.function` graph (`jit_compile=False`) and keeps "
+        "the faster (shown in brackets), on JAX it is `jax.jit`, on torch eager (add "
+        "`--keras-torch-compile` to also try `torch.compile`). Training: `model.train_on_batch` "
+        "after `compile(SGD(0.01), 'categorical_crossentropy', jit_compile=<same paths>)`."
+    )
+    out.append(
+        "- timm: `torch.inference_mode()` forward in eval mode, and `torch.compile(model, "
+        "dynamic=False)` "
+        "(one compile per batch shape); training: train-mode forward + "
+        "cross-entropy + backward + `SGD.step()`, eager and through the compiled module."
+        + (" channels_last." if args.channels_last else "")
+    )
+    out.append("")
+
+    # Models: params and MACs.
+    out.append("## Models\n")
+    rows = []
+    sources = set()
+    for key in models:
+        spec = MODELS[key]
+        size = args.size or spec["size"]
+        macs, source = model_macs(table, key)
+        if source:
+            sources.add(source.split(" timm ")[0])
+
+        def params(impl, backends, key=key):
+            for b in backends:
+                rec = table.get((key, impl, b), {})
+                if rec.get("params"):
+                    return f"{rec['params'] / 1e6:.3f}"
+            return "—"
+
+        kapp_macs = record_macs(table, key, "keras_apps", "torch") if spec["keras_app"] else None
+        if kapp_macs == macs and not any(
+            table.get((key, "keras_apps", b), {}).get("macs") for b in KERAS_BACKENDS
+        ):
+            kapp_macs = None
+        timm_rec = table.get((key, "timm_eager", "timm"), {})
+        rows.append([
+            spec["label"], size,
+            params("ours", KERAS_BACKENDS), params("keras_apps", KERAS_BACKENDS) if spec[
+                "keras_app"] else "n/a",
+            params("timm_eager", ("timm",)),
+            fmt(macs / 1e6 if macs else None, ".0f"),
+            fmt(kapp_macs / 1e6 if kapp_macs else None, ".0f") if spec["keras_app"] else "n/a",
+            fmt(timm_rec["macs"] / 1e6 if timm_rec.get("macs") else None, ".0f"),
+            source or "—",
+        ])
+    out.append(md_table(
+        ["model", "input", "params ours (M)", "params keras.apps (M)", "params timm (M)",
+         "MMACs ours", "MMACs keras.apps", "MMACs timm", "MACs of ours from"],
+        rows, ["l", "r", "r", "r", "r", "r", "r", "r", "l"]))
+    out.append(
+        "\nMACs are multiply-accumulates of one image in convolutions, matmuls and attention "
+        "(torch.utils.flop_counter FLOPs / 2, or `mobilenet_common.count_macs` when it exists); "
+        "BatchNorm, activations and pooling are not counted.\n"
+    )
+
+    def metric_table(title, kind, batch=None, unit="ms", show_path=False):
+        rows = []
+        for key in models:
+            row = [MODELS[key]["label"]]
+            for col in cols:
+                rec = table.get((key,) + col)
+                if kind == "build":
+                    if rec and "build_s" in rec:
+                        row.append(f"{rec['build_s']:.2f} ({rec['build_cold_s']:.2f})")
+                    else:
+                        row.append("error" if rec else "—")
+                else:
+                    row.append(cell(rec, kind, batch, show_path and col[1] == "tensorflow"))
+            rows.append(row)
+        out.append(f"## {title}\n")
+        out.append(md_table(["model"] + [column_label(c) for c in cols], rows))
+        out.append("")
+
+    multi_path_tf = len(workers.get("tensorflow", {}).get("paths", [])) > 1
+    metric_table("Build time (s): constructing the model with random weights, second build "
+                 "(first build in the process, which pays one-off costs, in brackets)", "build")
+    for batch in args.batches:
+        metric_table(f"Inference latency, batch {batch} (ms, median)", "infer", batch,
+                     show_path=multi_path_tf)
+    if args.train_batch:
+        metric_table(f"Training step, batch {args.train_batch} (ms, median)", "train",
+                     show_path=multi_path_tf)
+
+    # First-call (compile) times.
+    rows = []
+    for key in models:
+        row = [MODELS[key]["label"]]
+        for col in cols:
+            rec = table.get((key,) + col) or {}
+            stats = rec.get("infer", {}).get(str(args.batches[0])) or {}
+            row.append(fmt(stats.get("first_call_s"), ".2f"))
+        rows.append(row)
+    out.append(f"## First inference call, batch {args.batches[0]} (s, includes tracing/compilation)"
+               "\n")
+    out.append(md_table(["model"] + [column_label(c) for c in cols], rows))
+    out.append("")
+
+    # Ratios.
+    kinds = [("infer", b, f"b{b}") for b in args.batches]
+    if args.train_batch:
+        kinds.append(("train", None, f"train b{args.train_batch}"))
+    keras_backends = [b for b in workers if b in KERAS_BACKENDS]
+    if keras_backends and any(c[0] == "keras_apps" for c in cols):
+        header = ["model"] + [f"{b} {label}" for b in keras_backends for _, _, label in kinds]
+        rows = []
+        for key in models:
+            if not MODELS[key]["keras_app"]:
+                continue
+            row = [MODELS[key]["label"]]
+            for b in keras_backends:
+                for kind, batch, _ in kinds:
+                    ours = metric(table.get((key, "ours", b)), kind, batch)
+                    ref = metric(table.get((key, "keras_apps", b)), kind, batch)
+                    row.append(ratio(ours, ref))
+            rows.append(row)
+        out.append("## Ours / keras.applications, same backend (time ratio; < 1 means ours is "
+                   "faster)\n")
+        out.append(md_table(header, rows))
+        out.append("")
+    if keras_backends and "timm" in workers:
+        header = ["model"]
+        for _, _, label in kinds:
+            header += [f"{label} best backend", f"{label} / eager", f"{label} / compiled"]
+        rows = []
+        for key in models:
+            row = [MODELS[key]["label"]]
+            for kind, batch, _ in kinds:
+                times = {b: metric(table.get((key, "ours", b)), kind, batch)
+                         for b in keras_backends}
+                times = {b: t for b, t in times.items() if t}
+                eager = metric(table.get((key, "timm_eager", "timm")), kind, batch)
+                compiled = metric(table.get((key, "timm_compiled", "timm")), kind, batch)
+                if times:
+                    best = min(times, key=times.get)
+                    row.append(f"{best} ({times[best]:.1f} ms)")
+                    row.append(ratio(times[best], eager))
+                    row.append(ratio(times[best], compiled))
+                else:
+                    row += ["—", "—", "—"]
+            rows.append(row)
+        out.append("## Ours on its fastest backend / timm (time ratio; < 1 means ours is "
+                   "faster)\n")
+        out.append(md_table(header, rows))
+        out.append("")
+
+    # Achieved fraction of peak.
+    peak = run["peaks"].get(run["peak_ref"]) if run["peak_ref"] else None
+    if peak:
+        frac_kinds = [("infer", b, f"b{b}", 2) for b in args.batches]
+        if args.train_batch:
+            frac_kinds.append(("train", None, f"train b{args.train_batch}", 6))
+        for kind, batch, label, factor in frac_kinds:
+            rows = []
+            for key in models:
+                row = [MODELS[key]["label"]]
+                for col in cols:
+                    t = metric(table.get((key,) + col), kind, batch)
+                    macs = record_macs(table, key, *col)
+                    n = batch if kind == "infer" else args.train_batch
+                    row.append(f"{100 * factor * macs * n / (t / 1e3) / peak:.1f}"
+                               if t and macs else "—")
+                rows.append(row)
+            formula = "2·MACs·batch" if kind == "infer" else "6·MACs·batch (forward + backward)"
+            out.append(f"## Achieved fraction of peak, {label} (%: {formula} / time / "
+                       f"{peak / 1e9:,.0f} GFLOP/s)\n")
+            out.append(md_table(["model"] + [column_label(c) for c in cols], rows))
+            out.append("")
+
+    # Errors.
+    errors = []
+    for (key, impl, backend), rec in sorted(table.items()):
+        if "error" in rec:
+            errors.append(f"- {key} {impl} {backend}: {rec['error']}")
+        for stats in [s for v in rec.get("infer_all", {}).values() for s in v] + rec.get(
+                "train_all", []):
+            if "error" in stats:
+                errors.append(f"- {key} {impl} {backend} path {stats['path']}: {stats['error']}")
+        if rec.get("macs_error"):
+            errors.append(f"- {key} {impl} {backend} MACs: {rec['macs_error']}")
+    if errors:
+        out.append("## Errors\n")
+        out += errors
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(run, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = collect(run)
+    cols = columns(run)
+    settings = run["settings"]
+    batches = settings["batches"]
+    models = settings["models"].split(",")
+    panels = [(b, f"inference, batch {b}") for b in batches]
+    if settings.get("train_batch"):
+        panels.append((None, f"training step, batch {settings['train_batch']}"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
+    markers = {"ours": "o", "keras_apps": "s", "timm_eager": "^", "timm_compiled": "v"}
+    colors = {"tensorflow": "tab:orange", "jax": "tab:blue", "torch": "tab:red",
+              "timm": "tab:green"}
+    for ax, (batch, title) in zip(axes[0], panels):
+        for col in cols:
+            xs, ys, names = [], [], []
+            for key in models:
+                rec = table.get((key,) + col)
+                t = metric(rec, "infer" if batch else "train", batch)
+                macs = record_macs(table, key, *col)
+                if t and macs:
+                    xs.append(macs / 1e6)
+                    ys.append(t)
+                    names.append(key)
+            if not xs:
+                continue
+            color = colors[col[1]]
+            if col[0] == "timm_compiled":
+                color = "darkgreen"
+            ax.scatter(xs, ys, marker=markers[col[0]], color=color, label=column_label(col),
+                       alpha=0.8, facecolors="none" if col[0] == "keras_apps" else color)
+            if col[0] == "ours":
+                for x, y, name in zip(xs, ys, names):
+                    ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("MMACs per image")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    device = "GPU" if settings["device"] == "gpu" else "CPU"
+    fig.suptitle(f"MobileNet latency vs MACs ({device}, {run['machine'].get('cpu', '')})")
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--models", default="all",
+                   help=f"comma list of {', '.join(MODELS)} or groups {', '.join(MODEL_GROUPS)}")
+    p.add_argument("--backends", default=",".join(ALL_BACKENDS),
+                   help="comma list of tensorflow, jax, torch (Keras backends) and timm")
+    p.add_argument("--size", type=int, default=None,
+                   help="input resolution for every model (default: 224, V4 its default_size)")
+    p.add_argument("--batch", default=None,
+                   help="comma list of inference batch sizes (default 1,32; --quick: 1; "
+                        "--device gpu: 1,256)")
+    p.add_argument("--train-batch", type=int, default=None,
+                   help="training step batch size, 0 for none (default 32; --quick: 0; "
+                        "--device gpu: the largest inference batch)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed inference calls per measurement (default 10; --quick: 3)")
+    p.add_argument("--train-repeats", type=int, default=None,
+                   help="timed training steps (default 5; --quick: 2)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="warm-up calls, the first of which is timed apart as the compile "
+                        "call (default 3; --quick: 1)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds after which a measurement stops once 2 calls are timed "
+                        "(default 60; --quick: 10)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: batch 1 only, no training step, 3 repeats")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu hides any GPU from the workers; gpu uses it (a worker whose "
+                        "framework sees none reports so and measures nothing)")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="Keras mixed_<dtype> policy and torch.autocast for timm")
+    p.add_argument("--mp-dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    p.add_argument("--channels-last", action="store_true", help="timm in channels_last")
+    p.add_argument("--keras-torch-compile", action="store_true",
+                   help="on the torch backend also try jit_compile=True (torch.compile)")
+    p.add_argument("--keras-path", default=None,
+                   help="restrict the Keras paths tried, e.g. 'xla' or 'graph' for TensorFlow")
+    p.add_argument("--no-keras-apps", action="store_true", help="skip keras.applications")
+    p.add_argument("--peak-size", type=int, default=None,
+                   help="matmul size for the peak FLOP/s (default 2048 CPU, 8192 GPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="pin every worker to this many cores and set the thread-count "
+                        "variables (OMP, MKL, TF) to it, e.g. 1 for single-thread latency")
+    p.add_argument("--worker-timeout", type=float, default=None,
+                   help="seconds after which a worker is killed (its results so far are kept)")
+    p.add_argument("--output", default=None, help="write the Markdown report here too, "
+                   "e.g. benchmarks/results_cpu.md")
+    p.add_argument("--json", default=None, help="write every raw measurement here as JSON")
+    p.add_argument("--plot", default=str(HERE / "latency_vs_macs.png"),
+                   help="latency-vs-MACs PNG ('none' for no plot)")
+    # Internal: a worker process.
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--backend", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.argv = argv
+
+    names = []
+    for name in args.models.split(","):
+        name = name.strip()
+        group = MODEL_GROUPS.get(name, [name])
+        for key in group:
+            if key not in MODELS:
+                p.error(f"unknown model {key!r}; choose from {', '.join(MODELS)} or "
+                        f"{', '.join(MODEL_GROUPS)}")
+            if key not in names:
+                names.append(key)
+    args.models = ",".join(names)
+    for backend in args.backends.split(","):
+        if backend not in ALL_BACKENDS:
+            p.error(f"unknown backend {backend!r}; choose from {', '.join(ALL_BACKENDS)}")
+
+    gpu = args.device == "gpu"
+    defaults = dict(repeats=10, train_repeats=5, warmup=3, budget=60.0)
+    if args.quick:
+        defaults = dict(repeats=3, train_repeats=2, warmup=1, budget=10.0)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.batch is None:
+        args.batch = "1" if args.quick else ("1,256" if gpu else "1,32")
+    args.batches = [int(b) for b in str(args.batch).split(",")]
+    if args.train_batch is None:
+        args.train_batch = 0 if args.quick else (max(args.batches) if gpu else 32)
+    if args.warmup < 1:
+        p.error("--warmup must be >= 1 (the first call is timed apart as the compile call)")
+    if args.worker and not args.backend:
+        p.error("--worker needs --backend")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        if args.backend == "timm":
+            timm_worker(args)
+        else:
+            keras_worker(args)
+    else:
+        driver(args)
+
+
+if __name__ == "__main__":
+    main()
