@@ -2,6 +2,7 @@
 
 from layers.activations import ACTIVATIONS, HardSigmoid, HardSwish, get_activation
 from layers.conv_bn_act import ConvBnAct
+from layers.depthwise_conv import DepthwiseConv
 from layers.depthwise_separable import DepthwiseSeparableConv
 from layers.fused_inverted_bottleneck import FusedInvertedBottleneck
 from layers.inverted_residual import InvertedResidual
@@ -15,6 +16,7 @@ from layers.utils import make_divisible
 __all__ = [
     "ACTIVATIONS",
     "ConvBnAct",
+    "DepthwiseConv",
     "DepthwiseSeparableConv",
     "FusedInvertedBottleneck",
     "HardSigmoid",

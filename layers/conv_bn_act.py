@@ -3,6 +3,7 @@
 import keras
 
 from layers.activations import get_activation
+from layers.depthwise_conv import DepthwiseConv
 from layers.utils import check_padding, symmetric_pad
 
 _PACKAGE = "keras_mobilenets"
@@ -64,7 +65,7 @@ class ConvBnAct(keras.layers.Layer):
         self._explicit_pad = padding == "symmetric" and strides > 1 and kernel_size > 1
         conv_padding = "valid" if self._explicit_pad or kernel_size == 1 else "same"
         if depthwise:
-            self.conv = keras.layers.DepthwiseConv2D(
+            self.conv = DepthwiseConv(
                 kernel_size,
                 strides=strides,
                 padding=conv_padding,

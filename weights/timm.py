@@ -9,6 +9,7 @@ one of our weights must be found, else the load is refused.
 
 import re
 
+import keras
 import numpy as np
 
 from weights.assign import assign, leaf_layers
@@ -94,6 +95,8 @@ def _timm_module(model, path):
 def _arrays(layer, module, state):
     """The timm tensors of `module`, converted to `layer`'s Keras layout."""
     kind = type(layer).__name__
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kind = "DepthwiseConv2D"
 
     def take(name):
         key = f"{module}.{name}"
