@@ -8,6 +8,7 @@ from layers.fused_inverted_bottleneck import FusedInvertedBottleneck
 from layers.inverted_residual import InvertedResidual
 from layers.layer_scale import LayerScale
 from layers.mobile_mqa import MobileMQA
+from layers.pointwise_conv import PointwiseConv
 from layers.squeeze_excite import SqueezeExcite
 from layers.stochastic_depth import StochasticDepth
 from layers.universal_inverted_bottleneck import UniversalInvertedBottleneck
@@ -24,6 +25,7 @@ __all__ = [
     "InvertedResidual",
     "LayerScale",
     "MobileMQA",
+    "PointwiseConv",
     "SqueezeExcite",
     "StochasticDepth",
     "UniversalInvertedBottleneck",

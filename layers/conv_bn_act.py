@@ -4,6 +4,7 @@ import keras
 
 from layers.activations import get_activation
 from layers.depthwise_conv import DepthwiseConv
+from layers.pointwise_conv import PointwiseConv
 from layers.utils import check_padding, symmetric_pad
 
 _PACKAGE = "keras_mobilenets"
@@ -74,7 +75,8 @@ class ConvBnAct(keras.layers.Layer):
                 name="conv",
             )
         else:
-            self.conv = keras.layers.Conv2D(
+            conv_class = PointwiseConv if kernel_size == 1 and strides == 1 else keras.layers.Conv2D
+            self.conv = conv_class(
                 filters,
                 kernel_size,
                 strides=strides,
