@@ -9,10 +9,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mobilenet_common import count_macs, feature_pyramid  # noqa: E402
-from mobilenet_v1 import VARIANTS as V1, create_mobilenetv1  # noqa: E402
-from mobilenet_v2 import VARIANTS as V2, create_mobilenetv2  # noqa: E402
+from mobilenet_v1 import VARIANTS as V1  # noqa: E402
+from mobilenet_v1 import create_mobilenetv1
+from mobilenet_v2 import VARIANTS as V2  # noqa: E402
+from mobilenet_v2 import create_mobilenetv2
 from mobilenet_v3 import create_mobilenetv3  # noqa: E402
-from mobilenet_v4 import VARIANTS as V4, create_mobilenetv4  # noqa: E402
+from mobilenet_v4 import VARIANTS as V4  # noqa: E402
+from mobilenet_v4 import create_mobilenetv4
 
 STRIDES = (2, 4, 8, 16, 32)
 
