@@ -288,3 +288,17 @@ def count_macs(model, input_shape=None):
         for layer in targets:
             object.__delattr__(layer, "call")
     return sum(total)
+
+
+def preprocess_input(x, weights="imagenet"):
+    """Prepare RGB images in [0, 255] for a MobileNetV1/V2 with `weights`.
+
+    Args:
+        x: images, `(..., height, width, 3)`, values in [0, 255].
+        weights: "imagenet"/None (keras.applications' [-1, 1]) or a checkpoint
+            name, whose own mean/std are used (e.g. timm checkpoints).
+
+    Returns:
+        The normalised float32 tensor.
+    """
+    return normalize_images(x, *checkpoint_normalization(weights, ((0.5,) * 3, (0.5,) * 3)))

@@ -16,13 +16,12 @@ from mobilenet_common import (
     check_rate,
     check_variant,
     check_width,
-    checkpoint_normalization,
     classifier_head,
     count_macs,
     feature_pyramid,
     get_style,
     load_weights,
-    normalize_images,
+    preprocess_input,
     resolve_weights,
 )
 
@@ -134,16 +133,3 @@ def create_mobilenetv1(
     )
     return load_weights(model, source, include_top)
 
-
-def preprocess_input(x, weights="imagenet"):
-    """Prepare RGB images in [0, 255] for a model with `weights`.
-
-    Args:
-        x: images, `(..., height, width, 3)`, values in [0, 255].
-        weights: "imagenet"/None (keras.applications' [-1, 1]) or a checkpoint name, whose own
-            mean/std are used (e.g. timm checkpoints).
-
-    Returns:
-        The normalised float32 tensor.
-    """
-    return normalize_images(x, *checkpoint_normalization(weights, ((0.5,) * 3, (0.5,) * 3)))
