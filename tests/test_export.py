@@ -1,0 +1,608 @@
+"""Deployment: exported artifacts run in their own runtimes and match Keras.
+
+* `model.export` to LiteRT and TF SavedModel (TensorFlow backend) and ONNX
+  (every backend), each artifact run in its runtime (ai_edge_litert,
+  tf.saved_model.load, onnxruntime) and compared with the Keras logits.
+* Post-training int8 LiteRT with builtin ops only, its size and its top-1
+  agreement with the float model.
+* A `.keras` file saved on this backend loads on the other two with the same
+  outputs.
+* `keras.distribution.DataParallel` training over two (virtual CPU) devices
+  on JAX.
+
+Every combination of backend and format is generated only where Keras 3
+supports it (`EXPORT_FORMATS`); only the runtimes are optional.
+
+About the weights. The obvious recipe, random BatchNorm moving statistics
+(mean random, variance in [0.5, 1.5]) on the random initialisation, makes
+the logits *independent of the input* (their spread across images is < 1e-4 of their size on all six
+models): the activations shrink layer after layer until only the BatchNorm
+offsets are left, so a converter that broke the early layers would still
+pass. `prepare_model` instead gives every BatchNorm random gamma/beta
+(gamma in [0.5, 1.5], beta ~ N(0, 0.2)), sets the moving statistics from
+data (one training-mode pass with momentum 0 on 16 other images), floors
+each layer's variances at their median (near-zero variances would amplify
+float32 rounding: 3e-4 to 4e-4 between correct runtimes on V4 hybrid_medium), raises
+the LayerScale gammas from 1e-5 to U(0.1, 0.5) so that the attention and UIB
+branches count, and centres the classifier bias so that the top-1 class
+depends on the image. `prepared` checks that the logits vary across the
+test images by at least 50x the export tolerance.
+"""
+
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, max_abs_diff, to_numpy
+
+from mobilenet_v1 import create_mobilenetv1
+from mobilenet_v2 import create_mobilenetv2
+from mobilenet_v3 import create_mobilenetv3
+from mobilenet_v4 import create_mobilenetv4
+from weights.assign import leaf_layers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 64  # small inputs keep the suite fast; every model (V4 hybrids too) handles them
+SHAPE = (SIZE, SIZE, 3)
+NUM_CLASSES = 10
+BATCH = 4
+FLOAT_TOL = 1e-4  # max abs difference of the logits, exported vs Keras
+KERAS_FILE_TOL = 1e-5  # max abs difference of the logits, .keras across backends
+# The logits must depend on the input: their std across the batch, relative to
+# their overall std, and in absolute terms (50x the export tolerance).
+MIN_SENSITIVITY = 0.1
+MIN_SPREAD = 50 * FLOAT_TOL
+
+# name -> (factory, variant, input range). V3 keeps its built-in Rescaling
+# layer, so it takes [0, 255] pixels; the others take [-1, 1].
+MODELS = {
+    "v1_1.0": (create_mobilenetv1, "1.0", 1.0),
+    "v2_1.0": (create_mobilenetv2, "1.0", 1.0),
+    "v3_large": (create_mobilenetv3, "large", 255.0),
+    "v3_small": (create_mobilenetv3, "small", 255.0),
+    "v4_conv_small": (create_mobilenetv4, "conv_small", 1.0),
+    "v4_hybrid_medium": (create_mobilenetv4, "hybrid_medium", 1.0),
+}
+
+
+def build(name):
+    factory, variant, _ = MODELS[name]
+    return factory(variant, input_shape=SHAPE, num_classes=NUM_CLASSES, classifier_activation=None)
+
+
+# What `model.export` supports (measured with Keras 3.15.1, TensorFlow 2.21,
+# JAX 0.10, torch 2.14 and the runtimes of the `test` extra). Not generated: "tf_saved_model" from
+# torch (torch.export dynamic-shape failure), "litert" from JAX (refused by
+# Keras) and from torch (needs litert-torch, which pins typing_extensions
+# 4.12.2 and fixes the batch size at 1). "tf_saved_model" from JAX works
+# (through jax2tf; 3e-6 on V4 hybrid_medium) but costs ~30 s per model here,
+# so the JAX run covers ONNX only.
+EXPORT_FORMATS = {
+    "tensorflow": ("litert", "tf_saved_model", "onnx"),
+    "jax": ("onnx",),
+    "torch": ("onnx",),
+}[BACKEND]
+EXTENSIONS = {"litert": ".tflite", "tf_saved_model": "", "onnx": ".onnx"}
+
+
+def export_cases():
+    for fmt in EXPORT_FORMATS:
+        for name in MODELS:
+            yield pytest.param(name, fmt, id=f"{BACKEND}-{fmt}-{name}")
+
+
+def images(batch, seed, scale=1.0):
+    """Smooth random images (coarse noise upsampled 8x, plus fine noise) in
+    [-1, 1], or [0, 255] for `scale=255`: unlike i.i.d. pixel noise, they still
+    differ from each other after global pooling."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(-1.0, 1.0, (batch, SIZE // 8, SIZE // 8, 3))
+    x = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)
+    x = np.clip(x + rng.normal(0.0, 0.2, x.shape), -1.0, 1.0)
+    if scale == 255.0:
+        x = (x + 1.0) * 127.5
+    return x.astype("float32")
+
+
+def batchnorms(model):
+    return [
+        layer
+        for _, layer in leaf_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+def forward(model, x, training=False):
+    """`model(x)`, jit-compiled on JAX (op-by-op JAX compiles every small op:
+    tens of seconds per model). On JAX with `training=True` the updated
+    BatchNorm statistics are written back, as an eager call would."""
+    if BACKEND != "jax":
+        return to_numpy(model(x, training=training))
+    import jax
+
+    if not training:
+        # A real call of the model (jax2onnx export needs `model._called`).
+        return to_numpy(jax.jit(lambda x: model(x, training=False))(x))
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    step = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=True))
+    outputs, non_trainable = step(trainable, non_trainable, x)
+    for variable, value in zip(model.non_trainable_variables, non_trainable):
+        variable.assign(value)
+    return to_numpy(outputs)
+
+
+def prepare_model(model, scale, seed=0):
+    """Random BN affine and LayerScale, BN statistics from data (see module doc)."""
+    rng = np.random.default_rng(seed)
+    bns = batchnorms(model)
+    assert bns
+    for _, layer in leaf_layers(model):
+        if type(layer).__name__ == "LayerScale":
+            (gamma,) = layer.get_weights()
+            layer.set_weights([rng.uniform(0.1, 0.5, gamma.shape).astype("float32")])
+    momenta = []
+    for bn in bns:
+        gamma, beta, mean, var = bn.get_weights()
+        bn.set_weights(
+            [
+                rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                rng.normal(0.0, 0.2, beta.shape).astype("float32"),
+                mean,
+                var,
+            ]
+        )
+        momenta.append(bn.momentum)
+        bn.momentum = 0.0  # moving statistics := this batch's statistics
+    calibration = images(16, seed + 1000, scale)
+    forward(model, calibration, training=True)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+        # Near-constant channels (variance ~1e-6, e.g. behind small depthwise
+        # kernels) would amplify float32 rounding by ~1/sqrt(var); flooring the
+        # variance at the layer's median keeps the net well conditioned.
+        gamma, beta, mean, var = bn.get_weights()
+        bn.set_weights([gamma, beta, mean, np.maximum(var, np.median(var))])
+    # Centre the classifier on the calibration images: without it an
+    # input-independent offset per class decides the top-1 of every image.
+    classifier = model.get_layer("classifier")
+    kernel, bias = classifier.get_weights()
+    offset = forward(model, calibration).mean(axis=0)
+    classifier.set_weights([kernel, bias - offset])
+    return model
+
+
+_PREPARED = {}
+
+
+def prepared(name):
+    """`(model, inputs, keras_logits)`, built and prepared once per module."""
+    if name not in _PREPARED:
+        scale = MODELS[name][2]
+        keras.utils.set_random_seed(0)
+        model = prepare_model(build(name), scale)
+        x = images(BATCH, 1, scale)
+        logits = forward(model, x)
+        spread = float(np.mean(np.std(logits, axis=0)))
+        assert spread / float(np.std(logits)) > MIN_SENSITIVITY, (name, spread, np.std(logits))
+        assert spread > MIN_SPREAD, (name, spread)
+        _PREPARED[name] = (model, x, logits)
+    return _PREPARED[name]
+
+
+@contextlib.contextmanager
+def depthwise_as_conv(model, enabled=True):
+    """Compute `layers.DepthwiseConv` as a depthwise convolution while exporting.
+
+    On JAX it defaults to shifted sums (fast on XLA CPU), which multiplies the
+    equations of the traced graph; jax2onnx's lowering is quadratic in them
+    (V4 hybrid_medium: ~100 s instead of ~7 s), and ONNX runtimes have
+    depthwise-conv kernels anyway. Same weights, same function.
+    """
+    switched = [
+        layer
+        for _, layer in leaf_layers(model)
+        if enabled and getattr(layer, "implementation", None) in ("auto", "shift")
+    ]
+    before = [layer.implementation for layer in switched]
+    for layer in switched:
+        layer.implementation = "conv"
+    try:
+        yield
+    finally:
+        for layer, implementation in zip(switched, before):
+            layer.implementation = implementation
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """Export each (model, format) once per module; returns a function giving its path."""
+    root = tmp_path_factory.mktemp("exports")
+    cache = {}
+
+    def get(name, fmt):
+        if (name, fmt) not in cache:
+            model = prepared(name)[0]
+            path = str(root / f"{name}{EXTENSIONS[fmt]}")
+            kwargs = {}
+            if fmt == "litert":
+                import tensorflow as tf
+
+                # Keras allows SELECT_TF_OPS (Flex) by default; deployment wants
+                # builtins only, so the conversion itself fails on any other op.
+                kwargs["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
+            with depthwise_as_conv(model, enabled=BACKEND == "jax" and fmt == "onnx"):
+                model.export(path, format=fmt, verbose=False, **kwargs)
+            cache[name, fmt] = path
+        return cache[name, fmt]
+
+    return get
+
+
+# --- runtimes ---------------------------------------------------------------
+
+
+def run_litert(path, x):
+    interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = interpreter_lib.Interpreter(model_path=path)
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"])
+
+
+def run_onnx(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    return session.run(None, {inp.name: x})[0]
+
+
+def run_saved_model(path, x):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)  # keep a reference while serving
+    return loaded.serve(tf.constant(x)).numpy()
+
+
+RUNTIMES = {"litert": run_litert, "onnx": run_onnx, "tf_saved_model": run_saved_model}
+
+
+def litert_ops(path):
+    """`[(op name, custom code)]` of every operator code in a .tflite flatbuffer,
+    plus the op names the interpreter resolves (without default delegates,
+    which would show up as DELEGATE)."""
+    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(f.read(), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        codes.append((names[builtin], custom.decode() if custom else None))
+    interpreter = interpreter_lib.Interpreter(
+        model_path=path,
+        experimental_op_resolver_type=interpreter_lib.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    resolved = sorted({op["op_name"] for op in interpreter._get_ops_details()})
+    return codes, resolved, interpreter
+
+
+def assert_builtin_only(path):
+    codes, resolved, interpreter = litert_ops(path)
+    for name, custom in codes:
+        assert name != "CUSTOM" and custom is None, (name, custom)
+    for name in resolved:
+        assert not name.startswith("Flex") and name not in ("CUSTOM", "DELEGATE"), resolved
+    return resolved, interpreter
+
+
+# --- 1. float export ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, fmt", export_cases())
+def test_export_matches_keras(name, fmt, artifacts, record_property):
+    _, x, expected = prepared(name)
+    got = RUNTIMES[fmt](artifacts(name, fmt), x)
+    diff = max_abs_diff(got, expected)
+    record_property("max_abs_diff", diff)
+    print(
+        f"\n{BACKEND} {fmt} {name}: max abs diff {diff:.3g} (|logits| <= {np.abs(expected).max():.3g})"
+    )
+    assert got.shape == expected.shape
+    assert diff <= FLOAT_TOL
+
+
+if "litert" in EXPORT_FORMATS:
+
+    @pytest.mark.parametrize("name", list(MODELS))
+    def test_float_litert_has_builtin_ops_only(name, artifacts):
+        resolved, _ = assert_builtin_only(artifacts(name, "litert"))
+        print(f"\nfloat LiteRT {name}: {resolved}")
+        if name.startswith("v3"):
+            assert "HARD_SWISH" in resolved  # not decomposed, not Flex
+        if name == "v4_hybrid_medium":
+            assert {"BATCH_MATMUL", "SOFTMAX"} <= set(resolved)  # Mobile MQA
+
+
+# --- 2. int8 LiteRT -----------------------------------------------------------
+
+INT8_MODELS = ("v3_small", "v4_conv_small")
+INT8_MIN_SIZE_RATIO = 3.0
+INT8_CALIBRATION_IMAGES = 64
+INT8_EVAL_IMAGES = 128
+# Top-1 agreement of the int8 model with the float Keras model over 10
+# classes, on 128 images other than the 64 calibration ones. With random
+# weights the class margins are small and only partly input-driven, so int8
+# noise flips more decisions than on a trained model: 0.77-0.87 measured here
+# (with 1000 classes, 0.5-0.65). The bar is 0.7; always answering the most
+# frequent class would score <= 0.3 (checked).
+INT8_MIN_TOP1 = 0.7
+INT8_MAX_MAJORITY = 0.3
+QUANTIZED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+if BACKEND == "tensorflow":
+
+    @pytest.mark.parametrize("name", INT8_MODELS)
+    def test_int8_litert(name, artifacts, tmp_path):
+        import tensorflow as tf
+
+        model, _, _ = prepared(name)
+        scale = MODELS[name][2]
+        calibration = images(INT8_CALIBRATION_IMAGES, 2, scale)
+
+        def representative_dataset():
+            for i in range(len(calibration)):
+                yield [calibration[i : i + 1]]
+
+        converter = tf.lite.TFLiteConverter.from_saved_model(artifacts(name, "tf_saved_model"))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        assert set(converter.target_spec.supported_ops) == {tf.lite.OpsSet.TFLITE_BUILTINS_INT8}
+        path = str(tmp_path / f"{name}_int8.tflite")
+        with open(path, "wb") as f:
+            f.write(converter.convert())
+
+        resolved, interpreter = assert_builtin_only(path)
+        if name.startswith("v3"):
+            assert "HARD_SWISH" in resolved
+        # The heavy ops really run in int8.
+        tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+        heavy = [op for op in interpreter._get_ops_details() if op["op_name"] in QUANTIZED_OPS]
+        assert heavy
+        for op in heavy:
+            dtypes = {tensors[i]["dtype"] for i in op["inputs"][:2] if i >= 0}
+            assert dtypes == {np.int8}, (op["op_name"], dtypes)
+
+        float_size = os.path.getsize(artifacts(name, "litert"))
+        int8_size = os.path.getsize(path)
+        ratio = float_size / int8_size
+        x = images(INT8_EVAL_IMAGES, 3, scale)
+        expected = to_numpy(model.predict(x, batch_size=16, verbose=0))
+        got = run_litert(path, x)
+        agreement = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
+        counts = np.bincount(expected.argmax(-1), minlength=NUM_CLASSES)
+        majority = float(counts.max() / counts.sum())
+        print(
+            f"\nint8 {name}: float {float_size / 1e6:.2f} MB, int8 {int8_size / 1e6:.2f} MB "
+            f"({ratio:.2f}x), top-1 agreement {agreement:.3f} on {len(x)} images "
+            f"(most frequent float top-1: {majority:.3f}), max abs diff "
+            f"{max_abs_diff(got, expected):.3g} (logit spread {np.mean(np.std(expected, 0)):.3g}), "
+            f"ops {resolved}"
+        )
+        assert majority <= INT8_MAX_MAJORITY  # agreement is not trivially high
+        assert ratio >= INT8_MIN_SIZE_RATIO
+        assert agreement >= INT8_MIN_TOP1
+
+
+# --- 3. .keras across backends ------------------------------------------------
+
+KERAS_FILE_MODELS = ("v3_small", "v4_hybrid_medium")
+LOAD_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    import keras
+    import numpy as np
+    import layers  # registers the custom layers
+
+    assert keras.backend.backend() == os.environ["KERAS_BACKEND"]
+    folder = sys.argv[2]
+    for name in sys.argv[3:]:
+        model = keras.saving.load_model(os.path.join(folder, name + ".keras"))
+        x = np.load(os.path.join(folder, name + ".x.npy"))
+        out = keras.ops.convert_to_numpy(model.predict_on_batch(x))  # compiled
+        np.save(os.path.join(folder, name + "." + keras.backend.backend() + ".npy"), out)
+    """
+)
+
+
+def subprocess_env(backend):
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    if backend == "jax":
+        # Building a model on JAX compiles each random initializer (then
+        # overwritten by the file) for its shape: ~20 s for two models here.
+        # Unoptimised XLA halves that (and the train-step compile below) and
+        # gives the same outputs to float32 rounding.
+        flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+    return env
+
+
+def start(script, args, env):
+    return subprocess.Popen(
+        [sys.executable, "-c", script, ROOT, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc, what):
+    """Wait for a background process; its stdout, or a failure with its stderr."""
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"{what} failed:\n{err[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def keras_file_jobs(tmp_path_factory):
+    """Save the .keras files on this backend and start loading them on the
+    other two, in the background; yields `(folder, {backend: process})`."""
+    folder = tmp_path_factory.mktemp("keras_files")
+    for name in KERAS_FILE_MODELS:
+        model, x, _ = prepared(name)
+        model.save(str(folder / f"{name}.keras"))
+        np.save(folder / f"{name}.x.npy", x)
+    others = [b for b in ("tensorflow", "jax", "torch") if b != BACKEND]
+    procs = {
+        b: start(LOAD_SCRIPT, [str(folder), *KERAS_FILE_MODELS], subprocess_env(b)) for b in others
+    }
+    yield folder, procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_keras_file_loads_on_other_backends(keras_file_jobs):
+    folder, procs = keras_file_jobs
+    for backend, proc in procs.items():
+        finish(proc, f"loading on {backend}")
+    for name in KERAS_FILE_MODELS:
+        expected = prepared(name)[2]
+        for backend in procs:
+            got = np.load(folder / f"{name}.{backend}.npy")
+            diff = max_abs_diff(got, expected)
+            print(f"\n.keras {BACKEND} -> {backend} {name}: max abs diff {diff:.3g}")
+            assert diff <= KERAS_FILE_TOL
+
+
+# --- 4. DataParallel on JAX -------------------------------------------------------
+
+DATA_PARALLEL_SCRIPT = textwrap.dedent(
+    """
+    import json, math, sys
+    sys.path.insert(0, sys.argv[1])
+    import jax
+    import keras
+    import numpy as np
+    from mobilenet_v3 import create_mobilenetv3
+
+    devices = keras.distribution.list_devices("cpu")
+    distribution = keras.distribution.DataParallel(devices=devices)
+    keras.distribution.set_distribution(distribution)
+    keras.utils.set_random_seed(0)
+    model = create_mobilenetv3("small", input_shape=(64, 64, 3), num_classes=10)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (32, 64, 64, 3)).astype("float32")
+    y = rng.integers(0, 10, 32)
+    before = keras.ops.convert_to_numpy(model.trainable_variables[0])
+    losses = []
+    logger = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
+    )
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[logger])
+    data = distribution.get_data_layout((16, 64, 64, 3)).backend_layout
+    kernel = model.trainable_variables[0].value
+    print(json.dumps({
+        "jax_devices": len(jax.devices()),
+        "mesh_shape": list(distribution.device_mesh.shape),
+        "batch_shard": list(data.shard_shape((16, 64, 64, 3))),
+        "weight_devices": len(kernel.sharding.device_set),
+        "weight_replicated": bool(kernel.sharding.is_fully_replicated),
+        "losses": losses,
+        "changed": bool(np.any(keras.ops.convert_to_numpy(model.trainable_variables[0]) != before)),
+    }))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def data_parallel_job():
+    # XLA_FLAGS must be set before jax is imported: a fresh process.
+    env = subprocess_env("jax")
+    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+    proc = start(DATA_PARALLEL_SCRIPT, [], env)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+if BACKEND == "jax":
+
+    def test_data_parallel_trains_on_two_devices(data_parallel_job):
+        out = finish(data_parallel_job, "DataParallel training")
+        result = json.loads(out.strip().splitlines()[-1])
+        print("\nDataParallel:", result)
+        assert result["jax_devices"] == 2
+        assert result["mesh_shape"] == [2]
+        assert result["batch_shard"] == [8, 64, 64, 3]  # the batch of 16 is split 8 + 8
+        assert result["weight_devices"] == 2 and result["weight_replicated"]
+        assert len(result["losses"]) == 2  # two steps of 16
+        assert all(math.isfinite(loss) for loss in result["losses"])
+        assert result["changed"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def start_subprocesses_first(request):
+    """Start the subprocess jobs of the selected tests before everything else,
+    so that they overlap with the exports, which mostly keep one core busy."""
+    selected = {
+        getattr(item, "originalname", None)
+        for item in request.session.items
+        if item.module is request.module
+    }
+    if "test_keras_file_loads_on_other_backends" in selected:
+        request.getfixturevalue("keras_file_jobs")
+    if "test_data_parallel_trains_on_two_devices" in selected:
+        request.getfixturevalue("data_parallel_job")
+    yield
+    _PREPARED.clear()  # free the models once the module is done
+
+
+# --- the example script ---------------------------------------------------------
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location(
+        "export_example", os.path.join(ROOT, "examples", "export.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_script_exports_and_verifies(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    example = load_example()
+    results = example.main(
+        ["--model", "v3_small", "--size", "64", "--format", "onnx", "--out", str(tmp_path)]
+    )
+    (result,) = results
+    assert result["format"] == "onnx" and os.path.isfile(result["path"])
+    assert result["max_abs_diff"] <= FLOAT_TOL
+    assert "onnx" in capsys.readouterr().out
