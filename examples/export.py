@@ -136,7 +136,7 @@ def forward(model, x, training=False):
 
 
 @contextlib.contextmanager
-def depthwise_as_conv(model):
+def depthwise_as_conv(model, enabled=True):
     """Export `layers.DepthwiseConv` as a depthwise convolution.
 
     On JAX it runs as shifted sums by default (fast on XLA CPU); that graph is
@@ -148,7 +148,7 @@ def depthwise_as_conv(model):
     switched = [
         layer
         for _, layer in leaf_layers(model)
-        if getattr(layer, "implementation", None) in ("auto", "shift")
+        if enabled and getattr(layer, "implementation", None) in ("auto", "shift")
     ]
     before = [layer.implementation for layer in switched]
     for layer in switched:
@@ -226,7 +226,7 @@ def export(model, fmt, path, representative=None):
         import keras
 
         jax = keras.backend.backend() == "jax"
-        with depthwise_as_conv(model) if jax else contextlib.nullcontext():
+        with depthwise_as_conv(model, enabled=jax):
             model.export(path, format="onnx", verbose=False)
     else:
         model.export(path, format=fmt, verbose=False)

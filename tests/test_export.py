@@ -29,7 +29,6 @@ depends on the image. `prepared` checks that the logits vary across the
 test images by at least 50x the export tolerance.
 """
 
-import contextlib
 import importlib.util
 import json
 import math
@@ -99,84 +98,33 @@ def export_cases():
             yield pytest.param(name, fmt, id=f"{BACKEND}-{fmt}-{name}")
 
 
+def load_example():
+    spec = importlib.util.spec_from_file_location(
+        "export_example", os.path.join(ROOT, "examples", "export.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The example script's helpers serve the tests too: `forward` (jit-compiled on
+# JAX), `depthwise_as_conv` (for JAX -> ONNX) and the BatchNorm calibration.
+EXAMPLE = load_example()
+forward = EXAMPLE.forward
+depthwise_as_conv = EXAMPLE.depthwise_as_conv
+
+
 def images(batch, seed, scale=1.0):
     """Smooth random images (coarse noise upsampled 8x, plus fine noise) in
     [-1, 1], or [0, 255] for `scale=255`: unlike i.i.d. pixel noise, they still
     differ from each other after global pooling."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(-1.0, 1.0, (batch, SIZE // 8, SIZE // 8, 3))
-    x = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)
-    x = np.clip(x + rng.normal(0.0, 0.2, x.shape), -1.0, 1.0)
-    if scale == 255.0:
-        x = (x + 1.0) * 127.5
-    return x.astype("float32")
-
-
-def batchnorms(model):
-    return [
-        layer
-        for _, layer in leaf_layers(model)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-
-
-def forward(model, x, training=False):
-    """`model(x)`, jit-compiled on JAX (op-by-op JAX compiles every small op:
-    tens of seconds per model). On JAX with `training=True` the updated
-    BatchNorm statistics are written back, as an eager call would."""
-    if BACKEND != "jax":
-        return to_numpy(model(x, training=training))
-    import jax
-
-    if not training:
-        # A real call of the model (jax2onnx export needs `model._called`).
-        return to_numpy(jax.jit(lambda x: model(x, training=False))(x))
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    step = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=True))
-    outputs, non_trainable = step(trainable, non_trainable, x)
-    for variable, value in zip(model.non_trainable_variables, non_trainable):
-        variable.assign(value)
-    return to_numpy(outputs)
+    return EXAMPLE.sample_images(batch, SIZE, scale, seed)
 
 
 def prepare_model(model, scale, seed=0):
     """Random BN affine and LayerScale, BN statistics from data (see module doc)."""
-    rng = np.random.default_rng(seed)
-    bns = batchnorms(model)
-    assert bns
-    for _, layer in leaf_layers(model):
-        if type(layer).__name__ == "LayerScale":
-            (gamma,) = layer.get_weights()
-            layer.set_weights([rng.uniform(0.1, 0.5, gamma.shape).astype("float32")])
-    momenta = []
-    for bn in bns:
-        gamma, beta, mean, var = bn.get_weights()
-        bn.set_weights(
-            [
-                rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                rng.normal(0.0, 0.2, beta.shape).astype("float32"),
-                mean,
-                var,
-            ]
-        )
-        momenta.append(bn.momentum)
-        bn.momentum = 0.0  # moving statistics := this batch's statistics
-    calibration = images(16, seed + 1000, scale)
-    forward(model, calibration, training=True)
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-        # Near-constant channels (variance ~1e-6, e.g. behind small depthwise
-        # kernels) would amplify float32 rounding by ~1/sqrt(var); flooring the
-        # variance at the layer's median keeps the net well conditioned.
-        gamma, beta, mean, var = bn.get_weights()
-        bn.set_weights([gamma, beta, mean, np.maximum(var, np.median(var))])
-    # Centre the classifier on the calibration images: without it an
-    # input-independent offset per class decides the top-1 of every image.
-    classifier = model.get_layer("classifier")
-    kernel, bias = classifier.get_weights()
-    offset = forward(model, calibration).mean(axis=0)
-    classifier.set_weights([kernel, bias - offset])
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for _, layer in leaf_layers(model))
+    EXAMPLE.calibrate_batchnorm(model, images(16, seed + 1000, scale), seed)
     return model
 
 
@@ -196,30 +144,6 @@ def prepared(name):
         assert spread > MIN_SPREAD, (name, spread)
         _PREPARED[name] = (model, x, logits)
     return _PREPARED[name]
-
-
-@contextlib.contextmanager
-def depthwise_as_conv(model, enabled=True):
-    """Compute `layers.DepthwiseConv` as a depthwise convolution while exporting.
-
-    On JAX it defaults to shifted sums (fast on XLA CPU), which multiplies the
-    equations of the traced graph; jax2onnx's lowering is quadratic in them
-    (V4 hybrid_medium: ~100 s instead of ~7 s), and ONNX runtimes have
-    depthwise-conv kernels anyway. Same weights, same function.
-    """
-    switched = [
-        layer
-        for _, layer in leaf_layers(model)
-        if enabled and getattr(layer, "implementation", None) in ("auto", "shift")
-    ]
-    before = [layer.implementation for layer in switched]
-    for layer in switched:
-        layer.implementation = "conv"
-    try:
-        yield
-    finally:
-        for layer, implementation in zip(switched, before):
-            layer.implementation = implementation
 
 
 @pytest.fixture(scope="module")
@@ -587,18 +511,9 @@ def start_subprocesses_first(request):
 # --- the example script ---------------------------------------------------------
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location(
-        "export_example", os.path.join(ROOT, "examples", "export.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_example_script_exports_and_verifies(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    example = load_example()
+    example = EXAMPLE
     results = example.main(
         ["--model", "v3_small", "--size", "64", "--format", "onnx", "--out", str(tmp_path)]
     )
