@@ -273,20 +273,23 @@ def count_macs(model, input_shape=None):
         keys = int(np.prod([-(-d // layer.kv_strides) for d in x.shape[1:3]]))
         return queries * keys * (layer.key_dim + layer.value_dim)
 
-    for layer in targets:
-        original = layer.call
+    # Convolutions are recorded in `convolution_op`, which ConvBnAct calls
+    # directly when it folds BatchNorm into the kernel.
+    patched = [(layer, "convolution_op" if hasattr(layer, "convolution_op") else "call") for layer in targets]
+    for layer, method in patched:
+        original = getattr(layer, method)
 
         def recording(x, *args, _layer=layer, _call=original, **kwargs):
             y = _call(x, *args, **kwargs)
             total.append(macs(_layer, x, y))
             return y
 
-        object.__setattr__(layer, "call", recording)
+        object.__setattr__(layer, method, recording)
     try:
         model(np.zeros((1,) + shape, "float32"), training=False)
     finally:
-        for layer in targets:
-            object.__delattr__(layer, "call")
+        for layer, method in patched:
+            object.__delattr__(layer, method)
     return sum(total)
 
 

@@ -1,6 +1,7 @@
 """Building blocks of the MobileNet family, each a serializable Keras layer."""
 
 from layers.activations import ACTIVATIONS, HardSigmoid, HardSwish, get_activation
+from layers.conv import Conv
 from layers.conv_bn_act import ConvBnAct
 from layers.depthwise_conv import DepthwiseConv
 from layers.depthwise_separable import DepthwiseSeparableConv
@@ -8,7 +9,6 @@ from layers.fused_inverted_bottleneck import FusedInvertedBottleneck
 from layers.inverted_residual import InvertedResidual
 from layers.layer_scale import LayerScale
 from layers.mobile_mqa import MobileMQA
-from layers.pointwise_conv import PointwiseConv
 from layers.squeeze_excite import SqueezeExcite
 from layers.stochastic_depth import StochasticDepth
 from layers.universal_inverted_bottleneck import UniversalInvertedBottleneck
@@ -16,6 +16,7 @@ from layers.utils import make_divisible
 
 __all__ = [
     "ACTIVATIONS",
+    "Conv",
     "ConvBnAct",
     "DepthwiseConv",
     "DepthwiseSeparableConv",
@@ -25,7 +26,6 @@ __all__ = [
     "InvertedResidual",
     "LayerScale",
     "MobileMQA",
-    "PointwiseConv",
     "SqueezeExcite",
     "StochasticDepth",
     "UniversalInvertedBottleneck",

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from layers.utils import conv_nhwc
+
 _PACKAGE = "keras_mobilenets"
 IMPLEMENTATIONS = ("auto", "conv", "shift")
 
@@ -43,19 +45,17 @@ class DepthwiseConv(keras.layers.DepthwiseConv2D):
             shift = keras.backend.backend() == "jax"
         else:
             shift = self.implementation == "shift"
-        return (
-            shift
-            and self.depth_multiplier == 1
-            and tuple(self.dilation_rate) == (1, 1)
-            and self.data_format == "channels_last"
-        )
+        return shift and self.depth_multiplier == 1 and tuple(self.dilation_rate) == (1, 1)
 
-    def call(self, inputs):
+    def convolution_op(self, inputs, kernel):
+        """Depthwise-convolve channels-last `inputs` with `kernel` (no bias)."""
         static = all(isinstance(d, int) for d in inputs.shape[1:3])
         if not self._use_shift() or (keras.backend.backend() == "jax" and not static):
             # JAX traces symbolic sizes when inferring output shapes; the conv
             # gives the same shape, and real calls always see static sizes.
-            return super().call(inputs)
+            return conv_nhwc(
+                ops.depthwise_conv, inputs, kernel, self.strides, self.padding, self.dilation_rate
+            )
         kh, kw = self.kernel_size
         sh, sw = self.strides
         x = inputs
@@ -72,18 +72,24 @@ class DepthwiseConv(keras.layers.DepthwiseConv2D):
             )
         else:
             out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
-        kernel = ops.cast(self.kernel[:, :, :, 0], x.dtype)
+        kernel = ops.cast(kernel[:, :, :, 0], x.dtype)
         out = None
         for i in range(kh):
             for j in range(kw):
                 tap = x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
                 tap = tap * kernel[i, j]
                 out = tap if out is None else out + tap
-        if self.use_bias:
-            out = out + ops.cast(self.bias, out.dtype)
-        if self.activation is not None:
-            out = self.activation(out)
         return out
+
+    def call(self, inputs):
+        if self.data_format != "channels_last":
+            return super().call(inputs)
+        outputs = self.convolution_op(inputs, self.kernel)
+        if self.use_bias:
+            outputs = outputs + ops.cast(self.bias, outputs.dtype)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
 
     def get_config(self):
         config = super().get_config()

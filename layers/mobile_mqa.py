@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from layers.pointwise_conv import PointwiseConv
+from layers.conv import Conv
 from layers.residual import ResidualBlock
 
 _PACKAGE = "keras_mobilenets"
@@ -57,12 +57,12 @@ class MobileMQA(ResidualBlock):
         self.norm = keras.layers.BatchNormalization(
             epsilon=self.bn_epsilon, momentum=self.bn_momentum, name="norm"
         )
-        self.query = PointwiseConv(self.num_heads * self.key_dim, 1, use_bias=False, name="query")
+        self.query = Conv(self.num_heads * self.key_dim, 1, use_bias=False, name="query")
         self.key_down = self._down("key_down")
-        self.key = PointwiseConv(self.key_dim, 1, use_bias=False, name="key")
+        self.key = Conv(self.key_dim, 1, use_bias=False, name="key")
         self.value_down = self._down("value_down")
-        self.value = PointwiseConv(self.value_dim, 1, use_bias=False, name="value")
-        self.output_proj = PointwiseConv(channels, 1, use_bias=False, name="output")
+        self.value = Conv(self.value_dim, 1, use_bias=False, name="value")
+        self.output_proj = Conv(channels, 1, use_bias=False, name="output")
         self.norm.build(input_shape)
         self.query.build(input_shape)
         self.build_sequence(input_shape, [self.key_down, self.key])

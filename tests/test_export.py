@@ -333,6 +333,27 @@ if BACKEND == "tensorflow":
         assert ratio >= INT8_MIN_SIZE_RATIO
         assert agreement >= INT8_MIN_TOP1
 
+    # On a trained model (the example dataset, sklearn digits) the int8 model
+    # must keep the float model's decisions: 1.000 (V3 small) and 0.997
+    # (V4 conv_small) after 5 epochs in the dev run. Three epochs here.
+    DIGITS_MIN_TOP1 = 0.95
+    DIGITS_MIN_ACCURACY = 0.8
+    DIGITS_MIN_SIZE_RATIO = 2.5  # the 10-class head of the digits model shrinks less
+
+    @pytest.mark.parametrize("name", INT8_MODELS)
+    def test_int8_on_example_dataset(name, tmp_path):
+        spec = importlib.util.spec_from_file_location(
+            "int8_digits", os.path.join(ROOT, "examples", "int8_digits.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        result = module.main(["--model", name, "--epochs", "3", "--out", str(tmp_path)])
+        assert result["validation_images"] == 360
+        assert result["float_accuracy"] >= DIGITS_MIN_ACCURACY
+        assert result["int8_accuracy"] >= DIGITS_MIN_ACCURACY
+        assert result["top1_agreement"] >= DIGITS_MIN_TOP1
+        assert result["float_bytes"] / result["int8_bytes"] >= DIGITS_MIN_SIZE_RATIO
+
 
 # --- 3. .keras across backends ------------------------------------------------
 

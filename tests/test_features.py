@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import (
     BACKEND,
+    assert_matches_reference,
     calibrated_timm_model,
     max_abs_diff,
     random_images,
@@ -75,7 +76,7 @@ def test_feature_pyramid_matches_keras_applications_layers():
     expected = ref_features(x, training=False)
     got = feature_pyramid(ours, strides=(8, 16))(x, training=False)
     for stride in names:
-        assert max_abs_diff(got[f"stride_{stride}"], expected[stride]) <= 1e-4
+        assert_matches_reference(got[f"stride_{stride}"], expected[stride])
 
 
 def test_feature_pyramid_matches_timm_features_only():
@@ -91,7 +92,7 @@ def test_feature_pyramid_matches_timm_features_only():
     got = feature_pyramid(ours, strides=(4, 8, 16))(x, training=False)
     by_stride = {96 // m.shape[-1]: m.numpy().transpose(0, 2, 3, 1) for m in maps}
     for stride in (4, 8, 16):
-        assert max_abs_diff(got[f"stride_{stride}"], by_stride[stride]) <= 1e-4
+        assert_matches_reference(got[f"stride_{stride}"], by_stride[stride])
 
 
 def test_feature_pyramid_rejects_unknown_stride():

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import (
+    assert_matches_reference,
     calibrated_timm_model,
     max_abs_diff,
     random_images,
@@ -86,7 +87,7 @@ def test_logits_match_keras_applications(ours_fn, ref_fn, size):
     x = random_images(2, size, size)
     expected = to_numpy(ref(x, training=False))
     assert np.abs(expected).max() > 0.1  # the check can fail
-    assert max_abs_diff(ours(x, training=False), expected) <= 1e-4
+    assert_matches_reference(ours(x, training=False), expected)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +102,7 @@ def test_logits_match_timm(timm_name, factory):
                    classifier_activation=None)
     load_timm_state_dict(ours, ref.state_dict())
     x = random_images(2, 128, 128, seed=3)
-    assert max_abs_diff(ours(x, training=False), timm_forward(ref, x)) <= 1e-4
+    assert_matches_reference(ours(x, training=False), timm_forward(ref, x))
 
 
 def test_dynamic_input_shape_with_top():

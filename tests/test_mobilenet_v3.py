@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import (
+    assert_matches_reference,
     calibrated_timm_model,
     max_abs_diff,
     random_images,
@@ -61,7 +62,7 @@ def test_logits_match_keras_applications(variant, minimalistic):
     x = random_images(2, 224, 224, low=0.0, high=255.0)
     expected = to_numpy(ref(x, training=False))
     assert np.abs(expected).max() > 0.1
-    assert max_abs_diff(ours(x, training=False), expected) <= 1e-4
+    assert_matches_reference(ours(x, training=False), expected)
 
 
 @pytest.mark.parametrize("variant, channels", [("large", 960), ("small", 576)])
@@ -72,7 +73,7 @@ def test_feature_map_matches_keras_applications(variant, channels):
     x = random_images(1, 224, 224, low=0.0, high=255.0)
     out = to_numpy(ours(x, training=False))
     assert out.shape == (1, 7, 7, channels)
-    assert max_abs_diff(out, ref(x, training=False)) <= 1e-4
+    assert_matches_reference(out, ref(x, training=False))
 
 
 @pytest.mark.parametrize("variant", ["large", "small"])
@@ -86,7 +87,7 @@ def test_logits_match_timm(variant):
     x = random_images(2, 224, 224, seed=2)
     expected = timm_forward(ref, x)
     assert np.abs(expected).max() > 0.1
-    assert max_abs_diff(ours(x, training=False), expected) <= 1e-4
+    assert_matches_reference(ours(x, training=False), expected)
 
 
 def test_timm_width_rules():

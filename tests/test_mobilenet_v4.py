@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import (
     BACKEND,
+    assert_matches_reference,
     calibrated_timm_model,
     max_abs_diff,
     random_images,
@@ -68,7 +69,7 @@ def test_logits_match_timm(variant):
     x = random_images(1, size, size, seed=5)
     expected = timm_forward(ref, x)
     assert np.abs(expected).max() > 0.1
-    assert max_abs_diff(ours(x, training=False), expected) <= 1e-4
+    assert_matches_reference(ours(x, training=False), expected)
 
 
 def test_dynamic_and_odd_input_sizes_match_timm():
@@ -77,7 +78,7 @@ def test_dynamic_and_odd_input_sizes_match_timm():
     load_timm_state_dict(ours, ref.state_dict())
     for height, width in [(193, 257), (96, 64)]:
         x = random_images(1, height, width, seed=height)
-        assert max_abs_diff(ours(x, training=False), timm_forward(ref, x)) <= 1e-4
+        assert_matches_reference(ours(x, training=False), timm_forward(ref, x))
 
 
 def test_readme_seed_usage():

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import (
+    assert_matches_reference,
     calibrated_timm_model,
     max_abs_diff,
     random_images,
@@ -75,7 +76,7 @@ def test_timm_safetensors_logits(name, ckpt_dir):
     x = random_images(2, SIZE, SIZE, seed=7)
     expected = timm_forward(ref, x)
     assert np.abs(expected).max() > 0.1
-    assert max_abs_diff(model(x, training=False), expected) <= 1e-4
+    assert_matches_reference(model(x, training=False), expected)
 
 
 def test_timm_pth_read_weights_only(ckpt_dir, tmp_path):
@@ -87,7 +88,7 @@ def test_timm_pth_read_weights_only(ckpt_dir, tmp_path):
     model = create_mobilenetv4("conv_small", weights=path, input_shape=(SIZE, SIZE, 3),
                                classifier_activation=None)
     x = random_images(1, SIZE, SIZE)
-    assert max_abs_diff(model(x, training=False), timm_forward(ref, x)) <= 1e-4
+    assert_matches_reference(model(x, training=False), timm_forward(ref, x))
 
     torch.save({"state_dict": ref.state_dict(), "extra": NotWeights()}, path)
     with pytest.raises(ValueError, match="unchanged"):
@@ -103,7 +104,7 @@ def test_timm_weights_without_top_drop_the_head(ckpt_dir):
 
     with torch.no_grad():
         features = ref.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-    assert max_abs_diff(model(x, training=False), features.transpose(0, 2, 3, 1)) <= 1e-4
+    assert_matches_reference(model(x, training=False), features.transpose(0, 2, 3, 1))
 
 
 KERAS_REFS = {
@@ -137,7 +138,7 @@ def test_keras_applications_h5_logits(version, top, tmp_path):
     path = save_legacy_h5(ref, str(tmp_path / f"{version}.h5"))
     model = ours_fn(weights=path, include_top=top, input_shape=(SIZE, SIZE, 3))
     x = random_images(2, SIZE, SIZE, low=0 if version == "v3" else -1, high=255 if version == "v3" else 1)
-    assert max_abs_diff(model(x, training=False), ref(x, training=False)) <= 1e-4
+    assert_matches_reference(model(x, training=False), ref(x, training=False))
 
 
 def test_keras_h5_with_top_loads_into_model_without_top(tmp_path):
@@ -147,7 +148,7 @@ def test_keras_h5_with_top_loads_into_model_without_top(tmp_path):
     model = create_mobilenetv2("0.35", weights=path, include_top=False, input_shape=(SIZE, SIZE, 3))
     features = keras.Model(ref.input, ref.get_layer("out_relu").output)
     x = random_images(1, SIZE, SIZE)
-    assert max_abs_diff(model(x, training=False), features(x, training=False)) <= 1e-4
+    assert_matches_reference(model(x, training=False), features(x, training=False))
 
 
 def weights_snapshot(model):
@@ -266,7 +267,7 @@ def test_download_checks_hash_and_never_caches_a_bad_file(
     model = create_mobilenetv4("conv_small", weights=good.name, input_shape=(SIZE, SIZE, 3),
                                classifier_activation=None)
     x = random_images(1, SIZE, SIZE)
-    assert max_abs_diff(model(x, training=False), timm_forward(ref, x)) <= 1e-4
+    assert_matches_reference(model(x, training=False), timm_forward(ref, x))
     cached = list(cache.glob("*conv_small_good*"))
     assert len(cached) == 1
     # A second build uses the cache: the server no longer has the file.
@@ -285,7 +286,7 @@ def test_converter_writes_loadable_weights(ckpt_dir, tmp_path):
                                weights=out, input_shape=(SIZE, SIZE, 3),
                                classifier_activation=None, dropout_rate=0.0)
     x = random_images(1, SIZE, SIZE)
-    assert max_abs_diff(model(x, training=False), timm_forward(ref, x)) <= 1e-4
+    assert_matches_reference(model(x, training=False), timm_forward(ref, x))
 
 
 def test_checkpoint_preprocessing_is_exposed():

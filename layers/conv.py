@@ -1,0 +1,26 @@
+"""Full convolution that PyTorch runs without layout copies."""
+
+import keras
+
+from layers.utils import conv_nhwc
+
+_PACKAGE = "keras_mobilenets"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Conv(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` (channels-last) computed through `conv_nhwc`.
+
+    On the PyTorch backend this skips the NHWC -> NCHW -> channels-last copies
+    Keras makes around every convolution (see `layers.utils.conv_nhwc`); on
+    TensorFlow and JAX it is `Conv2D`. Weights and saved files are those of
+    `Conv2D`, and `convolution_op` takes any kernel, which lets `ConvBnAct`
+    fold its BatchNorm into the kernel at inference.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self.data_format != "channels_last" or self.groups != 1:
+            return super().convolution_op(inputs, kernel)
+        return conv_nhwc(
+            keras.ops.conv, inputs, kernel, self.strides, self.padding, self.dilation_rate
+        )
