@@ -23,7 +23,9 @@ class DepthwiseConv(keras.layers.DepthwiseConv2D):
     133 ms as the sum of 9 shifted, per-channel-scaled copies of the input,
     which XLA fuses into one loop. The two agree to float32 rounding (max
     difference 3e-6 there). Weights, shapes and saved files are those of
-    `DepthwiseConv2D` whatever the implementation.
+    `DepthwiseConv2D` whatever the implementation. The "conv" form goes
+    through `layers.utils.conv_nhwc`, which spares the torch backend its
+    layout copies.
 
     Args:
         implementation: "conv" (`ops.depthwise_conv`), "shift" (shifted

@@ -75,6 +75,30 @@ def test_same_padding_is_tensorflow_same(size):
     assert max_abs_diff(y, ref) < 1e-5
 
 
+@pytest.mark.parametrize("depthwise, multiplier", [(False, 1), (True, 1), (True, 2)])
+def test_batchnorm_folded_at_inference_only(depthwise, multiplier):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, 9, 9, 3)).astype("float32")
+    layer = ConvBnAct(6, 3, 2, depthwise=depthwise, depth_multiplier=multiplier, use_bias=True)
+    layer.build(x.shape)
+    channels = 3 * multiplier if depthwise else 6
+    gamma, beta, mean = (rng.normal(m, 0.5, channels).astype("float32") for m in (1.0, 0.0, 0.0))
+    var = rng.uniform(0.1, 2.0, channels).astype("float32")
+    layer.bn.set_weights([gamma, beta, mean, var])
+    kernel, _ = layer.conv.get_weights()
+    layer.conv.set_weights([kernel, rng.normal(0.0, 0.5, channels).astype("float32")])
+    conv = to_numpy(layer.conv(x))  # the plain convolution, bias included
+    eps = layer.bn.epsilon
+
+    # Inference: moving statistics, folded into the kernel.
+    expected = (conv - mean) / np.sqrt(var + eps) * gamma + beta
+    assert max_abs_diff(layer(x, training=False), expected) < 1e-5
+    # Training: batch statistics (not folded).
+    batch_mean, batch_var = conv.mean(axis=(0, 1, 2)), conv.var(axis=(0, 1, 2))
+    expected = (conv - batch_mean) / np.sqrt(batch_var + eps) * gamma + beta
+    assert max_abs_diff(layer(x, training=True), expected) < 1e-4
+
+
 def test_stochastic_depth():
     layer = StochasticDepth(0.5, seed=1)
     x = np.ones((64, 2, 2, 3), "float32")
