@@ -95,7 +95,7 @@ def _timm_module(model, path):
 def _arrays(layer, module, state):
     """The timm tensors of `module`, converted to `layer`'s Keras layout."""
     kind = type(layer).__name__
-    # Our DepthwiseConv / PointwiseConv store their weights as the Keras classes do.
+    # Our DepthwiseConv / Conv store their weights as the Keras classes do.
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         kind = "DepthwiseConv2D"
     elif isinstance(layer, keras.layers.Conv2D):
