@@ -175,28 +175,17 @@ def artifacts(tmp_path_factory):
 
 
 def run_litert(path, x):
-    interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
-    interpreter = interpreter_lib.Interpreter(model_path=path)
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    interpreter.resize_tensor_input(inp["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(inp["index"], x)
-    interpreter.invoke()
-    return interpreter.get_tensor(out["index"])
+    pytest.importorskip("ai_edge_litert.interpreter")
+    return EXAMPLE.run("litert", path, x)
 
 
 def run_onnx(path, x):
-    ort = pytest.importorskip("onnxruntime")
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (inp,) = session.get_inputs()
-    return session.run(None, {inp.name: x})[0]
+    pytest.importorskip("onnxruntime")
+    return EXAMPLE.run("onnx", path, x)
 
 
 def run_saved_model(path, x):
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(path)  # keep a reference while serving
-    return loaded.serve(tf.constant(x)).numpy()
+    return EXAMPLE.run("tf_saved_model", path, x)
 
 
 RUNTIMES = {"litert": run_litert, "onnx": run_onnx, "tf_saved_model": run_saved_model}
