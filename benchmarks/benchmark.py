@@ -127,7 +127,8 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
-def time_calls(fn, warmup, repeats, budget_s, min_repeats=2, spent_s=0.0, give_up_s=None):
+def time_calls(fn, warmup, repeats, budget_s, min_repeats=2, spent_s=0.0, give_up_s=None,
+               min_time_s=0.0):
     """Median wall time of `fn` (which must block until its result is ready).
 
     Runs up to `warmup` untimed calls, then up to `repeats` timed ones. The
@@ -137,7 +138,9 @@ def time_calls(fn, warmup, repeats, budget_s, min_repeats=2, spent_s=0.0, give_u
     minutes needs no warming. Timing stops once `min_repeats` calls are timed
     and `budget_s` seconds have passed in all. Any call after the first that
     takes longer than `give_up_s` ends the measurement at once (`gave_up`):
-    another path already did the same work more than twice as fast.
+    another path already did the same work more than twice as fast. Calls
+    go on past `repeats` until the timed calls add up to `min_time_s`, so
+    that millisecond calls get a median of hundreds rather than a handful.
     """
     start = time.perf_counter() - spent_s
     times = []
@@ -156,7 +159,7 @@ def time_calls(fn, warmup, repeats, budget_s, min_repeats=2, spent_s=0.0, give_u
         if gave_up:
             times.append(elapsed)
             break
-    while not gave_up and len(times) < repeats:
+    while not gave_up and (len(times) < repeats or sum(times) < min_time_s):
         gave_up, elapsed = call()
         times.append(elapsed)
         if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
@@ -366,7 +369,8 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
 
                 first = timed_first_call(fn)
                 stats = time_calls(fn, args.warmup - 1, args.repeats, args.budget,
-                                   spent_s=first, give_up_s=give_up_after(best))
+                                   spent_s=first, give_up_s=give_up_after(best),
+                                   min_time_s=args.min_time)
                 stats.update(first_call_s=first, path=path)
             except Exception as exc:
                 stats = {"path": path, "error": error_text(exc)}
@@ -392,11 +396,15 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
                     jit_compile=jit,
                 )
                 def fn():
-                    return model.train_on_batch(x, y)  # returns a float: synced
+                    # Keras turns the loss into a float, which syncs, but keeps
+                    # the device array when that fails (e.g. JAX running out of
+                    # memory asynchronously): float() raises the real error.
+                    return float(np.asarray(model.train_on_batch(x, y)))
 
                 first = timed_first_call(fn)
                 stats = time_calls(fn, args.warmup - 1, args.train_repeats, args.budget,
-                                   spent_s=first, give_up_s=give_up_after(best))
+                                   spent_s=first, give_up_s=give_up_after(best),
+                                   min_time_s=args.min_time)
                 stats.update(first_call_s=first, path=path)
             except Exception as exc:
                 stats = {"path": path, "error": error_text(exc)}
@@ -525,7 +533,7 @@ def timm_worker(args):
                     try:
                         first = timed_first_call(infer)
                         stats = time_calls(infer, args.warmup - 1, args.repeats, args.budget,
-                                           spent_s=first)
+                                           spent_s=first, min_time_s=args.min_time)
                         stats.update(first_call_s=first, path=impl.split("_")[1])
                     except Exception as exc:
                         stats = {"error": error_text(exc)}
@@ -553,7 +561,8 @@ def timm_worker(args):
                     try:
                         first = timed_first_call(step)
                         stats = time_calls(step, args.warmup - 1, args.train_repeats,
-                                           args.budget, spent_s=first)
+                                           args.budget, spent_s=first,
+                                           min_time_s=args.min_time)
                         stats.update(first_call_s=first, path=impl.split("_")[1])
                     except Exception as exc:
                         stats = {"error": error_text(exc)}
@@ -678,8 +687,8 @@ def _spawn_worker(backend, args, models, result_file):
     """Start a worker and wait for it; returns None or what went wrong."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backend", backend,
            "--result-file", result_file, "--models", models]
-    for name in ("size", "warmup", "repeats", "train_repeats", "budget", "train_batch",
-                 "device", "mp_dtype", "keras_path", "threads"):
+    for name in ("size", "warmup", "repeats", "train_repeats", "budget", "min_time",
+                 "train_batch", "device", "mp_dtype", "keras_path", "threads"):
         value = getattr(args, name)
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
@@ -867,7 +876,13 @@ def cell(rec, kind, batch=None, show_path=False):
         return "—"
     stats = rec.get("infer", {}).get(str(batch)) if kind == "infer" else rec.get("train")
     if not stats or "median_ms" not in stats:
-        return "error" if stats or "error" in rec else "—"
+        if not stats and "error" not in rec:
+            return "—"
+        tried = rec.get("infer_all", {}).get(str(batch)) if kind == "infer" else rec.get(
+            "train_all")
+        errors = " ".join(str(s.get("error", "")) for s in (tried or []) + [stats or {}, rec])
+        oom = "RESOURCE_EXHAUSTED" in errors or "out of memory" in errors.lower()
+        return "out of memory" if oom else "error"
     text = fmt(stats["median_ms"])
     if show_path and stats.get("path"):
         text += f" ({stats['path']})"
@@ -933,7 +948,8 @@ def render_report(run, args, final=True):
     out.append(
         f"- Batches {args.batches}, training step at batch {args.train_batch or 'none'}; "
         f"{precision}; input {args.size or 'default size per model (224; V4: its default_size)'}"
-        f"; median of up to {args.repeats} timed calls ({args.train_repeats} for training) "
+        f"; median of at least {args.repeats} timed calls ({args.train_repeats} for training), "
+        f"more until they add up to {args.min_time:g} s, "
         f"after {args.warmup} warm-up calls (the first, which compiles, is reported apart), "
         f"each measurement cut short after {args.budget:.0f} s once 2 calls are timed."
     )
@@ -1219,6 +1235,9 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=None,
                    help="seconds after which a measurement stops once 2 calls are timed "
                         "(default 60; --quick: 10)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="keep timing past --repeats until the timed calls add up to this "
+                        "many seconds (default 3; --quick: 0.5)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: batch 1 only, no training step, 3 repeats")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
@@ -1268,9 +1287,9 @@ def parse_args(argv=None):
             p.error(f"unknown backend {backend!r}; choose from {', '.join(ALL_BACKENDS)}")
 
     gpu = args.device == "gpu"
-    defaults = dict(repeats=10, train_repeats=5, warmup=3, budget=60.0)
+    defaults = dict(repeats=10, train_repeats=5, warmup=3, budget=60.0, min_time=3.0)
     if args.quick:
-        defaults = dict(repeats=3, train_repeats=2, warmup=1, budget=10.0)
+        defaults = dict(repeats=3, train_repeats=2, warmup=1, budget=10.0, min_time=0.5)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
