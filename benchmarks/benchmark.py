@@ -712,6 +712,10 @@ def _spawn_worker(backend, args, models, result_file):
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), start_new_session=True)
     try:
         returncode = proc.wait(timeout=args.worker_timeout)
+        if returncode == -signal.SIGKILL:
+            # Nothing in the worker sends SIGKILL: on Linux it is the kernel's
+            # out-of-memory killer (its log says so, e.g. `dmesg | grep oom`).
+            return f"exit status {returncode} (SIGKILL, likely the out-of-memory killer)"
         return None if returncode == 0 else f"exit status {returncode}"
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -881,8 +885,9 @@ def cell(rec, kind, batch=None, show_path=False):
         tried = rec.get("infer_all", {}).get(str(batch)) if kind == "infer" else rec.get(
             "train_all")
         errors = " ".join(str(s.get("error", "")) for s in (tried or []) + [stats or {}, rec])
-        oom = "RESOURCE_EXHAUSTED" in errors or "out of memory" in errors.lower()
-        return "out of memory" if oom else "error"
+        if "RESOURCE_EXHAUSTED" in errors or "out of memory" in errors.lower():
+            return "out of memory"
+        return "killed" if "SIGKILL" in errors else "error"
     text = fmt(stats["median_ms"])
     if show_path and stats.get("path"):
         text += f" ({stats['path']})"
@@ -948,9 +953,9 @@ def render_report(run, args, final=True):
     out.append(
         f"- Batches {args.batches}, training step at batch {args.train_batch or 'none'}; "
         f"{precision}; input {args.size or 'default size per model (224; V4: its default_size)'}"
-        f"; median of at least {args.repeats} timed calls ({args.train_repeats} for training), "
-        f"more until they add up to {args.min_time:g} s, "
-        f"after {args.warmup} warm-up calls (the first, which compiles, is reported apart), "
+        f"; median of at least {args.repeats} timed calls ({args.train_repeats} for training)"
+        + (f", more until they add up to {args.min_time:g} s" if args.min_time else "")
+        + f" after {args.warmup} warm-up calls (the first, which compiles, is reported apart), "
         f"each measurement cut short after {args.budget:.0f} s once 2 calls are timed."
     )
     out.append(
@@ -1265,6 +1270,9 @@ def parse_args(argv=None):
     p.add_argument("--plot", default=str(HERE / "latency_vs_macs.png"),
                    help="latency-vs-MACs PNG ('none' for no plot)")
     # Internal: a worker process.
+    p.add_argument("--render", metavar="RUN_JSON", default=None,
+                   help="measure nothing: print (and with --output write) the report of the "
+                        "run saved in RUN_JSON by --json, e.g. after changing the report code")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
@@ -1307,7 +1315,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.worker:
+    if args.render:
+        # Rewrite the report (and plot) of an earlier run from its JSON.
+        run = json.loads(Path(args.render).read_text())
+        saved = parse_args([])  # defaults for settings older runs did not save
+        vars(saved).update({"min_time": 0.0, **run["settings"]})
+        saved.output, saved.json = args.output, None
+        saved.plot = args.plot if args.output else "none"
+        write_outputs(run, saved, final=True)
+    elif args.worker:
         if args.backend == "timm":
             timm_worker(args)
         else:
