@@ -1,0 +1,186 @@
+"""Ours against keras.applications, call by call, on the current Keras backend.
+
+`benchmark.py` times one model after the other, minutes apart. On a virtual
+machine whose speed drifts (the same keras.applications call measured 3.2 ms
+in one run and 5.6 ms in another), ratios near 1 then say more about the
+drift than about the models. This script builds both models in one process
+and alternates them: each round times one block of calls of ours and one of
+keras.applications' (the order flips every round), and the reported ratio is
+the median of the per-round ratios, so slow phases of the machine hit both.
+
+Usage (one backend per process, as Keras requires):
+
+    KERAS_BACKEND=tensorflow python benchmarks/ab_keras_apps.py --threads 1 \\
+        --output benchmarks/ab_tensorflow.md
+
+Paths: TensorFlow runs a `tf.function` graph (`jit_compile=False`, the faster
+path in `benchmark.py` on CPU), JAX `jax.jit`, torch eager.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from benchmark import MODELS, limit_threads  # noqa: E402
+
+KERAS_V1_V3 = [key for key, spec in MODELS.items() if spec.get("keras_app")]
+
+
+def build_pair(spec, input_shape):
+    import importlib
+
+    import keras
+
+    module = importlib.import_module(spec["module"])
+    ours = getattr(module, spec["factory"])(**spec["kwargs"], input_shape=input_shape,
+                                            weights=None)
+    reference = getattr(keras.applications, spec["keras_app"])(input_shape=input_shape,
+                                                               weights=None)
+    return ours, reference
+
+
+def block(fn, min_s):
+    """Seconds per call of `fn`, over as many calls as fill `min_s` (at least one)."""
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_s:
+            return elapsed / calls
+
+
+def ab(fn_ours, fn_ref, rounds, warmup, min_s):
+    for _ in range(warmup):
+        fn_ours()
+        fn_ref()
+    ours, ref = [], []
+    for r in range(rounds):
+        pair = [(fn_ours, ours), (fn_ref, ref)]
+        for fn, out in pair if r % 2 == 0 else pair[::-1]:
+            out.append(block(fn, min_s))
+    ratios = [a / b for a, b in zip(ours, ref)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {
+        "ours_ms": 1e3 * statistics.median(ours),
+        "ref_ms": 1e3 * statistics.median(ref),
+        "ratio": statistics.median(ratios),
+        "ratio_q1": q[0],
+        "ratio_q3": q[-1],
+        "rounds": rounds,
+    }
+
+
+def predictor(model, x):
+    return lambda: model.predict_on_batch(x)
+
+
+def trainer(model, x, y):
+    import numpy as np
+
+    # float() syncs, and raises if the step failed (see benchmark.py).
+    return lambda: float(np.asarray(model.train_on_batch(x, y)))
+
+
+def measure(spec, args, backend, rng):
+    """Rows of (model label, measurement, stats) for one model."""
+    import keras
+    import numpy as np
+
+    shape = (spec["size"], spec["size"], 3)
+    ours, ref = build_pair(spec, shape)
+    for model in (ours, ref):
+        model.jit_compile = backend != "tensorflow"
+    rows = []
+    for batch in args.batches:
+        x = keras.ops.convert_to_tensor(rng.uniform(0, 255, (batch,) + shape).astype("float32"))
+        stats = ab(predictor(ours, x), predictor(ref, x), args.rounds, args.warmup,
+                   args.min_block)
+        rows.append((spec["label"], f"inference b{batch}", stats))
+    if args.train_batch:
+        n = args.train_batch
+        x = keras.ops.convert_to_tensor(rng.uniform(0, 255, (n,) + shape).astype("float32"))
+        y = keras.ops.convert_to_tensor(
+            np.eye(1000, dtype="float32")[rng.integers(0, 1000, n)])
+        for model in (ours, ref):
+            model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01),
+                          loss="categorical_crossentropy", jit_compile=backend != "tensorflow")
+        stats = ab(trainer(ours, x, y), trainer(ref, x, y), args.train_rounds, args.warmup, 0.0)
+        rows.append((spec["label"], f"train b{n}", stats))
+    for row in rows:
+        print(f"{row[0]} {row[1]}: {row[2]['ratio']:.3f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def run(args):
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    rng = np.random.default_rng(0)
+    rows = []
+    for key in args.models.split(","):
+        rows += measure(MODELS[key], args, backend, rng)
+    return backend, rows
+
+
+def report(backend, rows, args):
+    lines = [
+        f"# Ours / keras.applications, alternating calls ({backend}, CPU)\n",
+        f"`{' '.join(['python', 'benchmarks/ab_keras_apps.py'] + args.argv)}`; "
+        f"{args.threads or 'all'} thread(s); {args.rounds} rounds per inference measurement "
+        f"(each a block of calls of at least {args.min_block:g} s per model), "
+        f"{args.train_rounds} rounds of one step for training; order flipped every round.\n",
+        "| model | measurement | ours (ms) | keras.apps (ms) | ratio (median of rounds) "
+        "| ratio q1–q3 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for label, kind, s in rows:
+        lines.append(f"| {label} | {kind} | {s['ours_ms']:.1f} | {s['ref_ms']:.1f} | "
+                     f"{s['ratio']:.3f} | {s['ratio_q1']:.3f}–{s['ratio_q3']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(KERAS_V1_V3),
+                   help=f"comma list of {', '.join(KERAS_V1_V3)}")
+    p.add_argument("--batch", default="1,32", help="inference batch sizes")
+    p.add_argument("--train-batch", type=int, default=32, help="0 for no training step")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--train-rounds", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--min-block", type=float, default=0.1,
+                   help="seconds of calls per model per inference round")
+    p.add_argument("--threads", type=int, default=None, help="pin to this many cores")
+    p.add_argument("--output", default=None, help="also write the Markdown table here")
+    args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.batches = [int(b) for b in args.batch.split(",") if b]
+    unknown = [m for m in args.models.split(",") if m not in KERAS_V1_V3]
+    if unknown:
+        p.error(f"unknown models {unknown}; choose from {KERAS_V1_V3}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        limit_threads(args.threads)  # before the frameworks read the thread variables
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    backend, rows = run(args)
+    text = report(backend, rows, args)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
