@@ -28,22 +28,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from benchmark import MODELS, limit_threads  # noqa: E402
+from benchmark import MODELS, keras_build_code, limit_threads  # noqa: E402
 
 KERAS_V1_V3 = [key for key, spec in MODELS.items() if spec.get("keras_app")]
 
 
 def build_pair(spec, input_shape):
-    import importlib
-
-    import keras
-
-    module = importlib.import_module(spec["module"])
-    ours = getattr(module, spec["factory"])(**spec["kwargs"], input_shape=input_shape,
-                                            weights=None)
-    reference = getattr(keras.applications, spec["keras_app"])(input_shape=input_shape,
-                                                               weights=None)
-    return ours, reference
+    """Our model and keras.applications', built as `benchmark.py` builds them."""
+    models = []
+    for impl in ("ours", "keras_apps"):
+        namespace = {}
+        exec(keras_build_code(spec, impl, input_shape), namespace)
+        models.append(namespace["build"]())
+    return models
 
 
 def block(fn, min_s):

@@ -316,6 +316,15 @@ def _keras_device_info(backend, device):
     return (gpu or device == "cpu"), name, {"torch": torch.__version__}
 
 
+def keras_build_code(spec, impl, input_shape):
+    """Python source defining `build()`, which builds `spec` ("ours" or "keras_apps")."""
+    if impl == "ours":
+        return (f"import {spec['module']} as m; build = lambda: m.{spec['factory']}("
+                f"**{spec['kwargs']!r}, input_shape={input_shape!r}, weights=None)")
+    return (f"import keras; build = lambda: keras.applications.{spec['keras_app']}("
+            f"input_shape={input_shape!r}, weights=None)")
+
+
 def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras, np, importlib,
                        flush):
     input_shape = (size, size, 3)
@@ -325,11 +334,7 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
             default = module.VARIANTS[spec["v4_variant"]]["default_size"]
             if default != spec["size"]:
                 record["note"] = f"benchmark table says {spec['size']}, VARIANTS says {default}"
-        build_code = (f"import {spec['module']} as m; build = lambda: m.{spec['factory']}("
-                      f"**{spec['kwargs']!r}, input_shape={input_shape!r}, weights=None)")
-    else:
-        build_code = (f"import keras; build = lambda: keras.applications.{spec['keras_app']}("
-                      f"input_shape={input_shape!r}, weights=None)")
+    build_code = keras_build_code(spec, impl, input_shape)
     namespace = {}
     exec(build_code, namespace)
     build = namespace["build"]
@@ -954,7 +959,7 @@ def render_report(run, args, final=True):
         f"- Batches {args.batches}, training step at batch {args.train_batch or 'none'}; "
         f"{precision}; input {args.size or 'default size per model (224; V4: its default_size)'}"
         f"; median of at least {args.repeats} timed calls ({args.train_repeats} for training)"
-        + (f", more until they add up to {args.min_time:g} s" if args.min_time else "")
+        + (f", more until they add up to {args.min_time:g} s," if args.min_time else "")
         + f" after {args.warmup} warm-up calls (the first, which compiles, is reported apart), "
         f"each measurement cut short after {args.budget:.0f} s once 2 calls are timed."
     )
@@ -1269,10 +1274,10 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="write every raw measurement here as JSON")
     p.add_argument("--plot", default=str(HERE / "latency_vs_macs.png"),
                    help="latency-vs-MACs PNG ('none' for no plot)")
-    # Internal: a worker process.
     p.add_argument("--render", metavar="RUN_JSON", default=None,
                    help="measure nothing: print (and with --output write) the report of the "
                         "run saved in RUN_JSON by --json, e.g. after changing the report code")
+    # Internal: a worker process.
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result-file", default=None, help=argparse.SUPPRESS)

@@ -5,7 +5,7 @@
 #
 # JAX, the slowest backend (XLA compiles every new model, mostly on one
 # core), runs beside TensorFlow and then torch, which keeps both cores of a
-# small CI machine busy: about 16 instead of 26 minutes on 2 cores. Set
+# small CI machine busy: 21 instead of about 26 minutes on 2 cores. Set
 # TEST_SERIAL=1 to run the backends one after the other instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
