@@ -13,6 +13,10 @@ def _non_negative(value):
     return max(value, 0) if isinstance(value, int) else ops.maximum(value, 0)
 
 
+def _jax_on_cpu():
+    return keras.distribution.list_devices()[0].startswith("cpu")
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class DepthwiseConv(keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` with a choice of how it is computed.
@@ -30,7 +34,8 @@ class DepthwiseConv(keras.layers.DepthwiseConv2D):
     Args:
         implementation: "conv" (`ops.depthwise_conv`), "shift" (shifted
             sums, `depth_multiplier=1` and no dilation only), or "auto":
-            "shift" on the JAX backend, "conv" elsewhere.
+            "shift" on the JAX backend when its devices are CPUs, "conv"
+            elsewhere (on GPU, XLA hands grouped convolutions to cuDNN).
         **kwargs: the arguments of `keras.layers.DepthwiseConv2D`.
     """
 
@@ -44,7 +49,7 @@ class DepthwiseConv(keras.layers.DepthwiseConv2D):
 
     def _use_shift(self):
         if self.implementation == "auto":
-            shift = keras.backend.backend() == "jax"
+            shift = keras.backend.backend() == "jax" and _jax_on_cpu()
         else:
             shift = self.implementation == "shift"
         return shift and self.depth_multiplier == 1 and tuple(self.dilation_rate) == (1, 1)

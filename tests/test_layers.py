@@ -7,6 +7,7 @@ from conftest import max_abs_diff, to_numpy
 
 from layers import (
     ConvBnAct,
+    DepthwiseConv,
     DepthwiseSeparableConv,
     FusedInvertedBottleneck,
     HardSigmoid,
@@ -197,3 +198,30 @@ def test_blocks_serialize_and_reload(tmp_keras_path):
     assert max_abs_diff(model(data), reloaded(data)) == 0.0
     for a, b in zip(model.layers, reloaded.layers):
         assert a.get_config() == b.get_config()
+
+
+@pytest.mark.parametrize("kernel_size, strides, padding", [(3, 1, "same"), (3, 2, "same"),
+                                                           (5, 2, "same"), (5, 1, "valid")])
+def test_depthwise_shift_and_add_matches_the_convolution(kernel_size, strides, padding):
+    x = np.random.default_rng(0).normal(size=(2, 13, 10, 6)).astype("float32")
+    outputs, weights = {}, None
+    for implementation in ("conv", "shift"):
+        layer = DepthwiseConv(kernel_size, strides, padding, implementation=implementation,
+                              use_bias=True, bias_initializer="glorot_uniform")
+        layer.build(x.shape)
+        if weights is None:
+            weights = layer.get_weights()
+        layer.set_weights(weights)  # the same weights for both
+        outputs[implementation] = to_numpy(layer(x))
+    assert outputs["shift"].shape == outputs["conv"].shape
+    assert max_abs_diff(outputs["shift"], outputs["conv"]) < 1e-5
+
+
+def test_depthwise_auto_is_shift_only_for_jax_on_cpu():
+    layer = DepthwiseConv(3)
+    layer.build((1, 8, 8, 4))
+    jax = keras.backend.backend() == "jax"
+    on_cpu = jax and keras.distribution.list_devices()[0].startswith("cpu")
+    assert layer._use_shift() == (jax and on_cpu)
+    with pytest.raises(ValueError, match="'fft'"):
+        DepthwiseConv(3, implementation="fft")
