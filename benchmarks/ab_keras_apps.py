@@ -15,6 +15,11 @@ Usage (one backend per process, as Keras requires):
 
 Paths: TensorFlow runs a `tf.function` graph (`jit_compile=False`, the faster
 path in `benchmark.py` on CPU), JAX `jax.jit`, torch eager.
+
+`--compare depthwise` times two of our own models instead, one with every
+depthwise convolution as a convolution (`ops.depthwise_conv`) and one as
+shifted sums (`layers.DepthwiseConv(implementation="shift")`): the measurement
+behind `implementation="auto"`. It takes every model, V4 too.
 """
 
 import argparse
@@ -33,13 +38,28 @@ from benchmark import MODELS, keras_build_code, limit_threads  # noqa: E402
 KERAS_V1_V3 = [key for key, spec in MODELS.items() if spec.get("keras_app")]
 
 
-def build_pair(spec, input_shape):
-    """Our model and keras.applications', built as `benchmark.py` builds them."""
+COMPARISONS = {  # --compare: (label of A, label of B)
+    "keras_apps": ("ours", "keras.apps"),
+    "depthwise": ("conv", "shift"),
+}
+
+
+def build_pair(spec, input_shape, compare="keras_apps"):
+    """Models A and B: ours and keras.applications', built as `benchmark.py` builds
+    them, or (compare="depthwise") ours with conv and with shift depthwise convs."""
+    impls = ("ours", "keras_apps") if compare == "keras_apps" else ("ours", "ours")
     models = []
-    for impl in ("ours", "keras_apps"):
+    for impl in impls:
         namespace = {}
         exec(keras_build_code(spec, impl, input_shape), namespace)
         models.append(namespace["build"]())
+    if compare == "depthwise":
+        from layers import DepthwiseConv
+
+        for model, implementation in zip(models, COMPARISONS[compare]):
+            for layer in model._flatten_layers():
+                if isinstance(layer, DepthwiseConv):
+                    layer.implementation = implementation  # read when the model is traced
     return models
 
 
@@ -92,7 +112,7 @@ def measure(spec, args, backend, rng):
     import numpy as np
 
     shape = (spec["size"], spec["size"], 3)
-    ours, ref = build_pair(spec, shape)
+    ours, ref = build_pair(spec, shape, args.compare)
     for model in (ours, ref):
         model.jit_compile = backend != "tensorflow"
     rows = []
@@ -129,13 +149,15 @@ def run(args):
 
 
 def report(backend, rows, args):
+    a, b = COMPARISONS[args.compare]
     lines = [
-        f"# Ours / keras.applications, alternating calls ({backend}, CPU)\n",
+        f"# {a} / {b}, alternating calls ({backend}, {device_name()}"
+        f"{', mixed_' + args.mp_dtype if args.mixed_precision else ''})\n",
         f"`{' '.join(['python', 'benchmarks/ab_keras_apps.py'] + args.argv)}`; "
         f"{args.threads or 'all'} thread(s); {args.rounds} rounds per inference measurement "
         f"(each a block of calls of at least {args.min_block:g} s per model), "
         f"{args.train_rounds} rounds of one step for training; order flipped every round.\n",
-        "| model | measurement | ours (ms) | keras.apps (ms) | ratio (median of rounds) "
+        f"| model | measurement | {a} (ms) | {b} (ms) | ratio (median of rounds) "
         "| ratio q1–q3 |",
         "|---|---|---:|---:|---:|---:|",
     ]
@@ -145,10 +167,31 @@ def report(backend, rows, args):
     return "\n".join(lines) + "\n"
 
 
+def device_name():
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return keras.distribution.list_devices()[0]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--compare", choices=list(COMPARISONS), default="keras_apps",
+                   help="keras_apps: ours / keras.applications; depthwise: ours with conv / "
+                        "with shift-and-add depthwise convolutions")
     p.add_argument("--models", default=",".join(KERAS_V1_V3),
-                   help=f"comma list of {', '.join(KERAS_V1_V3)}")
+                   help=f"comma list of {', '.join(KERAS_V1_V3)} (--compare depthwise: "
+                        f"also the V4 ones of benchmark.py)")
+    p.add_argument("--mixed-precision", action="store_true", help="Keras mixed_<dtype> policy")
+    p.add_argument("--mp-dtype", choices=("bfloat16", "float16"), default="bfloat16")
     p.add_argument("--batch", default="1,32", help="inference batch sizes")
     p.add_argument("--train-batch", type=int, default=32, help="0 for no training step")
     p.add_argument("--rounds", type=int, default=15)
@@ -161,9 +204,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     args.batches = [int(b) for b in args.batch.split(",") if b]
-    unknown = [m for m in args.models.split(",") if m not in KERAS_V1_V3]
+    valid = KERAS_V1_V3 if args.compare == "keras_apps" else list(MODELS)
+    unknown = [m for m in args.models.split(",") if m not in valid]
     if unknown:
-        p.error(f"unknown models {unknown}; choose from {KERAS_V1_V3}")
+        p.error(f"unknown models {unknown}; choose from {valid}")
     return args
 
 
@@ -172,6 +216,10 @@ def main(argv=None):
     if args.threads:
         limit_threads(args.threads)  # before the frameworks read the thread variables
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.mixed_precision:
+        import keras
+
+        keras.mixed_precision.set_global_policy(f"mixed_{args.mp_dtype}")
     backend, rows = run(args)
     text = report(backend, rows, args)
     print(text)

@@ -18,7 +18,10 @@ numpy) only to measure the peak matmul throughput of the machine.
 """
 
 import argparse
+import concurrent.futures
+import contextlib
 import datetime
+import fcntl
 import gc
 import json
 import math
@@ -186,6 +189,58 @@ def timed_first_call(fn):
     return time.perf_counter() - t0
 
 
+SKIPPED = "not measured: the run's --time-limit was reached"
+
+
+def out_of_time(args):
+    return args.deadline_at is not None and time.time() > args.deadline_at
+
+
+class Turns:
+    """Takes turns on the GPU with the other workers of a --parallel run.
+
+    Every worker holds an exclusive `flock` on one file while it times calls,
+    so no two workers' timed calls share the GPU; compiling and building, the
+    slow CPU-bound parts, overlap. Re-entrant, so a whole model can be measured
+    in one turn. Without a lock file (serial runs) it does nothing.
+    """
+
+    def __init__(self, path, on_release=None):
+        self.path, self.on_release, self.depth, self.file = path, on_release, 0, None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.path is None:
+            yield
+            return
+        if self.depth == 0:
+            self.file = open(self.path, "a")
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                if self.on_release:
+                    self.on_release()  # e.g. hand cached GPU memory back first
+                fcntl.flock(self.file, fcntl.LOCK_UN)
+                self.file.close()
+
+
+def exclusive(args, size):
+    """In a --parallel run, models this large are measured in one turn from build
+    to last step: their batch-256 training steps need tens of GB each."""
+    return args.lock_file is not None and size >= args.exclusive_size
+
+
+def pin_cores(spec):
+    """Pin this process (and the threads and processes it starts) to cores "a-b"."""
+    first, last = (int(c) for c in spec.split("-"))
+    os.sched_setaffinity(0, range(first, last + 1))
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(last - first + 1))
+
+
 class ResultFile:
     """A worker's JSON result, rewritten after every model."""
 
@@ -227,6 +282,8 @@ def error_text(exc):
 
 def keras_worker(args):
     backend = args.backend
+    if args.cores:
+        pin_cores(args.cores)
     os.environ["KERAS_BACKEND"] = backend
     sys.path.insert(0, str(REPO_ROOT))
     if backend == "torch":
@@ -267,32 +324,56 @@ def keras_worker(args):
     results.data["paths"] = list(paths)
     results.flush()
 
+    release = None
+    if backend == "torch" and args.device == "gpu":
+        import torch
+
+        release = torch.cuda.empty_cache
+    turns = Turns(args.lock_file, release)
+
     try:
         from mobilenet_common import count_macs
     except ImportError:
         count_macs = None
 
-    for key in args.models.split(","):
-        spec = MODELS[key]
-        size = args.size or spec["size"]
-        impls = ["ours"] + (["keras_apps"] if spec["keras_app"] and not args.no_keras_apps else [])
-        for impl in impls:
-            log(f"[{backend}] {key} {impl} @ {size}")
-            record = {"model": key, "impl": impl, "backend": backend, "size": size}
-            # Added first and rewritten after every measurement, so that a worker
-            # killed halfway (out of memory, timeout) leaves what it measured.
-            results.add(record)
-            results.data["current"] = [key, impl]
-            results.flush()
-            try:
-                _bench_keras_model(record, spec, impl, size, paths, count_macs, args,
-                                   keras, np, importlib, results.flush)
-            except Exception as exc:  # keep going: one broken model must not stop the run
-                record["error"] = error_text(exc)
-                log(traceback.format_exc())
-            results.flush()
-            keras.backend.clear_session()
-            gc.collect()
+    records = {}
+    for phases in _phases(args):
+        for key in args.models.split(","):
+            spec = MODELS[key]
+            size = args.size or spec["size"]
+            impls = ["ours"] + (["keras_apps"] if spec["keras_app"] and not args.no_keras_apps
+                                else [])
+            for impl in impls:
+                log(f"[{backend}] {key} {impl} @ {size}: {', '.join(phases)}")
+                record = records.get((key, impl))
+                if record is None:
+                    record = {"model": key, "impl": impl, "backend": backend, "size": size}
+                    # Added first and rewritten after every measurement, so that a worker
+                    # killed halfway (out of memory, timeout) leaves what it measured.
+                    records[(key, impl)] = record
+                    results.add(record)
+                results.data["current"] = [key, impl]
+                results.flush()
+                try:
+                    with turns() if exclusive(args, size) else contextlib.nullcontext():
+                        _bench_keras_model(record, spec, impl, size, paths, count_macs, args,
+                                           keras, np, importlib, results.flush, phases, turns)
+                except Exception as exc:  # keep going: one broken model must not stop the run
+                    record["error"] = error_text(exc)
+                    log(traceback.format_exc())
+                results.flush()
+                keras.backend.clear_session()
+                gc.collect()
+                if release:
+                    release()
+
+
+def _phases(args):
+    """What each pass over the models measures: everything in one pass, or with
+    --infer-first inference of every model before any training step (so that a
+    --time-limit cuts training steps, not whole models)."""
+    phases = (["infer"] if args.batches else []) + (["train"] if args.train_batch else [])
+    return [[p] for p in phases] if args.infer_first else [phases]
 
 
 def _keras_device_info(backend, device):
@@ -326,7 +407,7 @@ def keras_build_code(spec, impl, input_shape):
 
 
 def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras, np, importlib,
-                       flush):
+                       flush, phases, turns):
     input_shape = (size, size, 3)
     if impl == "ours":
         module = importlib.import_module(spec["module"])
@@ -338,22 +419,25 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
     namespace = {}
     exec(build_code, namespace)
     build = namespace["build"]
-    # The first build in a process pays one-off costs (on JAX, compiling the
-    # initializers for every new weight shape), which depend on what that
-    # process built before, so it is timed in a fresh process of its own;
-    # the in-process build here is the steady cost.
-    record["build_cold_s"] = fresh_process_build_s(build_code)
-    build()
-    gc.collect()
+    if "build_s" not in record:
+        # The first build in a process pays one-off costs (on JAX, compiling the
+        # initializers for every new weight shape), which depend on what that
+        # process built before, so it is timed in a fresh process of its own;
+        # the in-process build here is the steady cost.
+        if not args.no_cold_build:
+            record["build_cold_s"] = fresh_process_build_s(build_code)
+        build()
+        gc.collect()
     t0 = time.perf_counter()
     model = build()
-    record["build_s"] = time.perf_counter() - t0
+    record.setdefault("build_s", time.perf_counter() - t0)
     record["params"] = int(model.count_params())
-    log(f"  built in {record['build_cold_s']:.1f} s (cold), {record['build_s']:.1f} s (warm)")
+    log(f"  built in {record['build_s']:.1f} s (cold: {record.get('build_cold_s', 'not timed')})")
     flush()
-    record["macs"], record["macs_source"] = _keras_macs(model, input_shape, impl, count_macs,
-                                                       record, keras)
-    flush()
+    if "macs" not in record:
+        record["macs"], record["macs_source"] = _keras_macs(model, input_shape, impl, count_macs,
+                                                           record, keras)
+        flush()
 
     rng = np.random.default_rng(0)
 
@@ -361,34 +445,43 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
         x = rng.uniform(0.0, 255.0, size=(batch,) + input_shape).astype("float32")
         return keras.ops.convert_to_tensor(x)  # on the accelerator, if any, before timing
 
-    record["infer"] = {}
-    for batch in args.batches:
-        x = images(batch)
-        best = None
-        for path, jit in paths.items():
-            try:
-                model.predict_function = None
-                model.jit_compile = jit
-                def fn(x=x):
-                    return model.predict_on_batch(x)  # returns NumPy: synced
+    def measure(fn, repeats, best):
+        """First (compiling) call on its own, then the timed calls in this worker's turn."""
+        if out_of_time(args):
+            return {"error": SKIPPED}
+        first = timed_first_call(fn)
+        with turns():
+            stats = time_calls(fn, args.warmup - 1, repeats, args.budget, spent_s=first,
+                               give_up_s=give_up_after(best), min_time_s=args.min_time)
+        return dict(stats, first_call_s=first)
 
-                first = timed_first_call(fn)
-                stats = time_calls(fn, args.warmup - 1, args.repeats, args.budget,
-                                   spent_s=first, give_up_s=give_up_after(best),
-                                   min_time_s=args.min_time)
-                stats.update(first_call_s=first, path=path)
-            except Exception as exc:
-                stats = {"path": path, "error": error_text(exc)}
-                log(traceback.format_exc())
-            record.setdefault("infer_all", {}).setdefault(str(batch), []).append(stats)
-            if "median_ms" in stats and (best is None or stats["median_ms"] < best["median_ms"]):
-                best = stats
-        record["infer"][str(batch)] = best or {"error": "every path failed"}
-        log(f"  batch {batch}: " + _summary(record["infer_all"][str(batch)]))
-        flush()
-        del x
+    if "infer" in phases:
+        record["infer"] = {}
+        for batch in args.batches:
+            x = images(batch)
+            best = None
+            for path, jit in paths.items():
+                try:
+                    model.predict_function = None
+                    model.jit_compile = jit
+                    def fn(x=x):
+                        return model.predict_on_batch(x)  # returns NumPy: synced
 
-    if args.train_batch:
+                    stats = dict(measure(fn, args.repeats, best), path=path)
+                except Exception as exc:
+                    stats = {"path": path, "error": error_text(exc)}
+                    log(traceback.format_exc())
+                record.setdefault("infer_all", {}).setdefault(str(batch), []).append(stats)
+                if "median_ms" in stats and (best is None or
+                                             stats["median_ms"] < best["median_ms"]):
+                    best = stats
+            record["infer"][str(batch)] = best or {"error": _first_error(
+                record["infer_all"][str(batch)])}
+            log(f"  batch {batch}: " + _summary(record["infer_all"][str(batch)]))
+            flush()
+            del x
+
+    if "train" in phases:
         x = images(args.train_batch)
         labels = rng.integers(0, 1000, size=args.train_batch)
         y = keras.ops.convert_to_tensor(np.eye(1000, dtype="float32")[labels])
@@ -406,19 +499,21 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
                     # memory asynchronously): float() raises the real error.
                     return float(np.asarray(model.train_on_batch(x, y)))
 
-                first = timed_first_call(fn)
-                stats = time_calls(fn, args.warmup - 1, args.train_repeats, args.budget,
-                                   spent_s=first, give_up_s=give_up_after(best),
-                                   min_time_s=args.min_time)
-                stats.update(first_call_s=first, path=path)
+                stats = dict(measure(fn, args.train_repeats, best), path=path)
             except Exception as exc:
                 stats = {"path": path, "error": error_text(exc)}
                 log(traceback.format_exc())
             record.setdefault("train_all", []).append(stats)
             if "median_ms" in stats and (best is None or stats["median_ms"] < best["median_ms"]):
                 best = stats
-        record["train"] = dict(best or {"error": "every path failed"}, batch=args.train_batch)
+        record["train"] = dict(best or {"error": _first_error(record["train_all"])},
+                               batch=args.train_batch)
         log(f"  train batch {args.train_batch}: " + _summary(record["train_all"]))
+
+
+def _first_error(all_stats):
+    errors = [s["error"] for s in all_stats if "error" in s]
+    return errors[0] if len(set(errors)) == 1 else "every path failed"
 
 
 def fresh_process_build_s(build_code):
@@ -437,7 +532,7 @@ def _summary(all_stats):
             parts.append(f"{st.get('path', '')} {st['median_ms']:.1f} ms "
                          f"(first call {st['first_call_s']:.1f} s, {st['repeats']} timed{gave_up})")
         else:
-            parts.append(f"{st.get('path', '')} error")
+            parts.append(f"{st.get('path', '')} {st.get('error', 'error')}")
     return "; ".join(parts)
 
 
@@ -465,6 +560,8 @@ def _keras_macs(model, input_shape, impl, count_macs, record, keras):
 
 
 def timm_worker(args):
+    if args.cores:
+        pin_cores(args.cores)
     import timm
     import torch
 
@@ -491,6 +588,9 @@ def timm_worker(args):
     results = ResultFile(args.result_file, header)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     autocast_dtype = getattr(torch, args.mp_dtype) if args.mixed_precision else None
+    impls = [f"timm_{name}" for name in args.timm_impls.split(",")]
+    release = torch.cuda.empty_cache if use_gpu else None
+    turns = Turns(args.lock_file, release)
 
     def sync():
         if use_gpu:
@@ -499,92 +599,105 @@ def timm_worker(args):
     def autocast():
         return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
 
-    for key in args.models.split(","):
-        spec = MODELS[key]
-        size = args.size or spec["size"]
-        log(f"[timm] {key} ({spec['timm']}) @ {size}")
-        results.data["current"] = [key, "timm"]
-        results.flush()
-        base = {"model": key, "backend": "timm", "size": size, "timm_name": spec["timm"]}
-        records = {impl: dict(base, impl=impl) for impl in ("timm_eager", "timm_compiled")}
-        for rec in records.values():
-            results.add(rec)
+    def measure(fn, repeats):
+        """First (compiling) call on its own, then the timed calls in this worker's turn."""
+        if out_of_time(args):
+            return {"error": SKIPPED}
         try:
-            build_s = []
-            for _ in range(2):  # cold, then warm (as the Keras workers)
-                t0 = time.perf_counter()
-                model = timm.create_model(spec["timm"], pretrained=False, num_classes=1000)
-                build_s.append(time.perf_counter() - t0)
-            model = model.to(device, memory_format=memory_format).eval()
-            params = sum(p.numel() for p in model.parameters())
-            x1 = torch.zeros(1, 3, size, size, device=device)
-            macs = torch_flop_count(lambda: model(x1)) // 2  # noqa: B023  (called right here)
-            for rec in records.values():
-                rec.update(build_cold_s=build_s[0], build_s=build_s[1], params=params, macs=macs,
-                           macs_source="torch flop counter", infer={})
-            results.flush()
-            # Static shapes: one specialised graph per batch size, as XLA.
-            compiled = torch.compile(model, dynamic=False)
-            runners = {"timm_eager": model, "timm_compiled": compiled}
-
-            for batch in args.batches:
-                x = torch.randn(batch, 3, size, size, device=device).contiguous(
-                    memory_format=memory_format)
-                for impl, net in runners.items():
-                    def infer(net=net, x=x):
-                        with torch.inference_mode(), autocast():
-                            net(x)
-                        sync()
-                    try:
-                        first = timed_first_call(infer)
-                        stats = time_calls(infer, args.warmup - 1, args.repeats, args.budget,
-                                           spent_s=first, min_time_s=args.min_time)
-                        stats.update(first_call_s=first, path=impl.split("_")[1])
-                    except Exception as exc:
-                        stats = {"error": error_text(exc)}
-                        log(traceback.format_exc())
-                    records[impl]["infer"][str(batch)] = stats
-                    log(f"  {impl} batch {batch}: " + _summary([stats]))
-                    results.flush()
-                del x
-
-            if args.train_batch:
-                model.train()
-                x = torch.randn(args.train_batch, 3, size, size, device=device).contiguous(
-                    memory_format=memory_format)
-                y = torch.randint(0, 1000, (args.train_batch,), device=device)
-                loss_fn = torch.nn.CrossEntropyLoss()
-                optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-                for impl, net in runners.items():
-                    def step(net=net, x=x, y=y, optimizer=optimizer, loss_fn=loss_fn):
-                        optimizer.zero_grad(set_to_none=True)
-                        with autocast():
-                            loss = loss_fn(net(x), y)
-                        loss.backward()
-                        optimizer.step()
-                        sync()
-                    try:
-                        first = timed_first_call(step)
-                        stats = time_calls(step, args.warmup - 1, args.train_repeats,
-                                           args.budget, spent_s=first,
-                                           min_time_s=args.min_time)
-                        stats.update(first_call_s=first, path=impl.split("_")[1])
-                    except Exception as exc:
-                        stats = {"error": error_text(exc)}
-                        log(traceback.format_exc())
-                    records[impl]["train"] = dict(stats, batch=args.train_batch)
-                    log(f"  {impl} train batch {args.train_batch}: " + _summary([stats]))
-                    results.flush()
-            del compiled, runners
+            first = timed_first_call(fn)
+            with turns():
+                stats = time_calls(fn, args.warmup - 1, repeats, args.budget, spent_s=first,
+                                   min_time_s=args.min_time)
+            return dict(stats, first_call_s=first)
         except Exception as exc:
-            for rec in records.values():
-                rec["error"] = error_text(exc)
             log(traceback.format_exc())
-        results.flush()
-        torch._dynamo.reset()
-        gc.collect()
-        if use_gpu:
-            torch.cuda.empty_cache()
+            return {"error": error_text(exc)}
+
+    records = {}
+    for phases in _phases(args):
+        for key in args.models.split(","):
+            spec = MODELS[key]
+            size = args.size or spec["size"]
+            log(f"[timm] {key} ({spec['timm']}) @ {size}: {', '.join(phases)}")
+            results.data["current"] = [key, "timm"]
+            results.flush()
+            if key not in records:
+                base = {"model": key, "backend": "timm", "size": size, "timm_name": spec["timm"]}
+                records[key] = {impl: dict(base, impl=impl) for impl in impls}
+                for rec in records[key].values():
+                    results.add(rec)
+            try:
+                with turns() if exclusive(args, size) else contextlib.nullcontext():
+                    _bench_timm_model(records[key], spec, size, phases, measure, args, timm,
+                                      torch, device, memory_format, autocast, sync,
+                                      results.flush)
+            except Exception as exc:
+                for rec in records[key].values():
+                    rec["error"] = error_text(exc)
+                log(traceback.format_exc())
+            results.flush()
+            torch._dynamo.reset()
+            gc.collect()
+            if release:
+                release()
+
+
+def _bench_timm_model(records, spec, size, phases, measure, args, timm, torch, device,
+                      memory_format, autocast, sync, flush):
+    build_s = []
+    for _ in range(2):  # cold, then warm (as the Keras workers)
+        t0 = time.perf_counter()
+        model = timm.create_model(spec["timm"], pretrained=False, num_classes=1000)
+        build_s.append(time.perf_counter() - t0)
+    model = model.to(device, memory_format=memory_format).eval()
+    if "params" not in next(iter(records.values())):
+        params = sum(p.numel() for p in model.parameters())
+        x1 = torch.zeros(1, 3, size, size, device=device)
+        macs = torch_flop_count(lambda: model(x1)) // 2
+        for rec in records.values():
+            rec.update(build_cold_s=build_s[0], build_s=build_s[1], params=params, macs=macs,
+                       macs_source="torch flop counter", infer={})
+        flush()
+    # Static shapes: one specialised graph per batch size, as XLA.
+    runners = {impl: model if impl == "timm_eager" else torch.compile(model, dynamic=False)
+               for impl in records}
+
+    if "infer" in phases:
+        for batch in args.batches:
+            x = torch.randn(batch, 3, size, size, device=device).contiguous(
+                memory_format=memory_format)
+            for impl, net in runners.items():
+                def infer(net=net, x=x):
+                    with torch.inference_mode(), autocast():
+                        net(x)
+                    sync()
+
+                stats = dict(measure(infer, args.repeats), path=impl.split("_")[1])
+                records[impl]["infer"][str(batch)] = stats
+                log(f"  {impl} batch {batch}: " + _summary([stats]))
+                flush()
+            del x
+
+    if "train" in phases:
+        model.train()
+        x = torch.randn(args.train_batch, 3, size, size, device=device).contiguous(
+            memory_format=memory_format)
+        y = torch.randint(0, 1000, (args.train_batch,), device=device)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        for impl, net in runners.items():
+            def step(net=net):
+                optimizer.zero_grad(set_to_none=True)
+                with autocast():
+                    loss = loss_fn(net(x), y)
+                loss.backward()
+                optimizer.step()
+                sync()
+
+            stats = dict(measure(step, args.train_repeats), path=impl.split("_")[1])
+            records[impl]["train"] = dict(stats, batch=args.train_batch)
+            log(f"  {impl} train batch {args.train_batch}: " + _summary([stats]))
+            flush()
 
 
 # --------------------------------------------------------------------------
@@ -642,16 +755,50 @@ def measure_peak(device, size, repeats, mixed_precision, mp_dtype):
     return peaks, ref, None
 
 
-def run_worker(backend, args, tmpdir):
-    """Run one backend's worker; if it dies (out of memory, say) or times out, record
-    an error for the model it was measuring and start a new one for the rest."""
+def worker_jobs(args, tmpdir):
+    """The workers to run: {name: (backend, extra worker arguments)}.
+
+    One per Keras backend and one for timm; a --parallel run splits timm into
+    an eager and a compiled worker (compiling is the slow part) and gives each
+    worker cores of its own, sized to what it does, so that one worker's
+    compiling does not slow another's timed calls. JAX, which compiles
+    everything, and the torch.compile worker get the most.
+    """
+    jobs = {}
+    for backend in args.backends.split(","):
+        if backend == "timm" and args.parallel:
+            jobs["timm"] = (backend, ["--timm-impls", "eager"])
+            jobs["timm-compiled"] = (backend, ["--timm-impls", "compiled"])
+        else:
+            jobs[backend] = (backend, [])
+    if not args.parallel:
+        return jobs
+    weights = {"jax": 5, "tensorflow": 5, "torch": 2, "timm": 2, "timm-compiled": 7}
+    cores = sorted(os.sched_getaffinity(0))
+    total = sum(weights[name] for name in jobs)
+    lock = os.path.join(tmpdir, "gpu-turns.lock")
+    start = 0
+    for i, (name, (_, extra)) in enumerate(jobs.items()):
+        extra += ["--lock-file", lock]
+        if len(cores) >= 2 * len(jobs):  # else too few cores to split: share them all
+            n = (len(cores) - start if i == len(jobs) - 1
+                 else max(1, round(len(cores) * weights[name] / total)))
+            extra += ["--cores", f"{cores[start]}-{cores[start + n - 1]}"]
+            start += n
+    return jobs
+
+
+def run_worker(name, job, args, tmpdir):
+    """Run one worker; if it dies (out of memory, say) or times out, record an
+    error for the model it was measuring and start a new one for the rest."""
+    backend, extra = job
     models = args.models.split(",")
     remaining = list(models)
     merged = None
     t0 = time.perf_counter()
     for attempt in range(len(models)):
-        result_file = os.path.join(tmpdir, f"{backend}-{attempt}.json")
-        status = _spawn_worker(backend, args, ",".join(remaining), result_file)
+        result_file = os.path.join(tmpdir, f"{name}-{attempt}.json")
+        status = _spawn_worker(name, backend, extra, args, ",".join(remaining), result_file)
         try:
             with open(result_file) as f:
                 data = json.load(f)
@@ -669,36 +816,44 @@ def run_worker(backend, args, tmpdir):
             merged["error"] = f"worker {status} before measuring anything"
             break
         key, impl = current
-        log(f"=== worker {backend} {status} while measuring {key} {impl}; going on")
-        impls = ["timm_eager", "timm_compiled"] if backend == "timm" else [impl]
-        for name in impls:
+        log(f"=== worker {name} {status} while measuring {key} {impl}; going on")
+        impls = {r["impl"] for r in data["records"] if r["model"] == key} or {impl}
+        for impl_name in sorted(impls):
             error = f"worker {status} while measuring it (what it measured before is kept)"
-            partial = [r for r in data["records"] if (r["model"], r["impl"]) == (key, name)]
+            partial = [r for r in data["records"] if (r["model"], r["impl"]) == (key, impl_name)]
             if partial:
                 partial[0]["error"] = error
             else:
-                merged["records"].append({"model": key, "impl": name, "backend": backend,
+                merged["records"].append({"model": key, "impl": impl_name, "backend": backend,
                                           "error": error})
-        remaining = remaining[remaining.index(key) + 1:]
+        if args.infer_first:
+            # The dead worker may have been in either pass: measure again every model
+            # still missing its training step (its inference is measured again too).
+            trained = {r["model"] for r in merged["records"] if "train" in r}
+            remaining = [m for m in remaining if m != key and m not in trained]
+        else:
+            remaining = remaining[remaining.index(key) + 1:]
         if not remaining:
             break
     merged.pop("current", None)
     merged["wall_s"] = time.perf_counter() - t0
-    log(f"=== worker {backend} done in {merged['wall_s']:.0f} s")
+    log(f"=== worker {name} done in {merged['wall_s']:.0f} s")
     return merged
 
 
-def _spawn_worker(backend, args, models, result_file):
+def _spawn_worker(name, backend, extra, args, models, result_file):
     """Start a worker and wait for it; returns None or what went wrong."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backend", backend,
-           "--result-file", result_file, "--models", models]
-    for name in ("size", "warmup", "repeats", "train_repeats", "budget", "min_time",
-                 "train_batch", "device", "mp_dtype", "keras_path", "threads"):
-        value = getattr(args, name)
+           "--result-file", result_file, "--models", models] + extra
+    for option in ("size", "warmup", "repeats", "train_repeats", "budget", "min_time",
+                   "train_batch", "device", "mp_dtype", "keras_path", "threads",
+                   "deadline_at", "exclusive_size"):
+        value = getattr(args, option)
         if value is not None:
-            cmd += [f"--{name.replace('_', '-')}", str(value)]
-    cmd += ["--batch", ",".join(str(b) for b in args.batches)]
-    for flag in ("mixed_precision", "keras_torch_compile", "no_keras_apps", "channels_last"):
+            cmd += [f"--{option.replace('_', '-')}", str(value)]
+    cmd += ["--batch", ",".join(str(b) for b in args.batches) or "none"]
+    for flag in ("mixed_precision", "keras_torch_compile", "no_keras_apps", "channels_last",
+                 "no_cold_build", "infer_first"):
         if getattr(args, flag):
             cmd.append(f"--{flag.replace('_', '-')}")
     env = dict(os.environ)
@@ -712,11 +867,19 @@ def _spawn_worker(backend, args, models, result_file):
     else:
         env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    log(f"=== worker {backend}: {' '.join(cmd[2:])}")
+        if args.parallel:
+            # JAX keeps what it allocated; leave the other workers room for their turns.
+            env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+    log(f"=== worker {name}: {' '.join(cmd[2:])}")
+    timeout = args.worker_timeout
+    if args.deadline_at is not None:
+        # A call that started before the deadline may run past it; not for ever.
+        late = args.deadline_at + 120 - time.time()
+        timeout = late if timeout is None else min(timeout, late)
     # Its own process group, so that a timeout also ends the compile workers it started.
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), start_new_session=True)
     try:
-        returncode = proc.wait(timeout=args.worker_timeout)
+        returncode = proc.wait(timeout=max(timeout, 1) if timeout is not None else None)
         if returncode == -signal.SIGKILL:
             # Nothing in the worker sends SIGKILL: on Linux it is the kernel's
             # out-of-memory killer (its log says so, e.g. `dmesg | grep oom`).
@@ -725,7 +888,7 @@ def _spawn_worker(backend, args, models, result_file):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        return f"timed out after {args.worker_timeout} s"
+        return f"timed out after {timeout:.0f} s"
     except KeyboardInterrupt:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
@@ -763,13 +926,30 @@ def driver(args):
         "peak_error": peak_error,
         "workers": {},
     }
+    if args.time_limit:
+        args.deadline_at = time.time() + args.time_limit - (time.perf_counter() - t_start)
     with tempfile.TemporaryDirectory(prefix="mobilenet-bench-") as tmp:
-        for backend in args.backends.split(","):
-            run["workers"][backend] = run_worker(backend, args, tmp)
-            run["wall_s"] = time.perf_counter() - t_start
-            run["load_average_end"] = machine_info().get("load_average")
-            # Written after every worker, so an interrupted run keeps what it has.
-            write_outputs(run, args, final=False)
+        jobs = worker_jobs(args, tmp)
+        run["jobs"] = list(jobs)
+        if args.parallel:
+            # Every worker at once; their timed calls take turns (see Turns).
+            with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+                futures = {pool.submit(run_worker, name, job, args, tmp): name
+                           for name, job in jobs.items()}
+                for future in concurrent.futures.as_completed(futures):
+                    run["workers"][futures[future]] = future.result()
+                    run["wall_s"] = time.perf_counter() - t_start
+                    write_outputs(run, args, final=False)
+            run["workers"] = {name: run["workers"][name] for name in jobs}  # report order
+        else:
+            for name, job in jobs.items():
+                run["workers"][name] = run_worker(name, job, args, tmp)
+                run["wall_s"] = time.perf_counter() - t_start
+                run["load_average_end"] = machine_info().get("load_average")
+                # Written after every worker, so an interrupted run keeps what it has.
+                write_outputs(run, args, final=False)
+        run["wall_s"] = time.perf_counter() - t_start
+        run["load_average_end"] = machine_info().get("load_average")
     write_outputs(run, args, final=True)
 
 
@@ -892,6 +1072,8 @@ def cell(rec, kind, batch=None, show_path=False):
         errors = " ".join(str(s.get("error", "")) for s in (tried or []) + [stats or {}, rec])
         if "RESOURCE_EXHAUSTED" in errors or "out of memory" in errors.lower():
             return "out of memory"
+        if SKIPPED in errors:
+            return "not run (time limit)"
         return "killed" if "SIGKILL" in errors else "error"
     text = fmt(stats["median_ms"])
     if show_path and stats.get("path"):
@@ -926,7 +1108,7 @@ def render_report(run, args, final=True):
     out.append(f"Run {run['started']}, {run['wall_s'] / 60:.1f} min in all. Command: "
                f"`python benchmarks/benchmark.py {' '.join(args.argv)}`\n")
     if not final:
-        todo = [b for b in args.backends.split(",") if b not in run["workers"]]
+        todo = [b for b in run.get("jobs", args.backends.split(",")) if b not in run["workers"]]
         out.append(f"**Partial report, written before the workers {', '.join(todo)} ran: "
                    "the run is still going on, or was interrupted.**\n")
     out.append(f"- Machine: {machine.get('cpu', '?')}, {machine['cpu_count']} cores "
@@ -979,6 +1161,19 @@ def render_report(run, args, final=True):
         "cross-entropy + backward + `SGD.step()`, eager and through the compiled module."
         + (" channels_last." if args.channels_last else "")
     )
+    if args.parallel:
+        out.append(
+            "- `--parallel`: the workers ran at the same time, each on cores of its own, and "
+            "took turns for their timed calls (an exclusive file lock around warm-up and timed "
+            "calls), so no two workers' timed calls shared the GPU while their building and "
+            "compiling overlapped; models of input size ≥ "
+            f"{args.exclusive_size} were measured in one turn from build to last step "
+            "(memory). Build times and first calls overlap other workers' work.")
+    if args.infer_first:
+        out.append("- Every model's inference was measured before any training step"
+                   + (f"; no measurement started after the {args.time_limit:.0f} s "
+                      "`--time-limit` (cells \"not run (time limit)\")" if args.time_limit
+                      else "") + ".")
     out.append("")
 
     # Models: params and MACs.
@@ -1033,9 +1228,15 @@ def render_report(run, args, final=True):
                 rec = table.get((key,) + col)
                 if kind == "build":
                     if rec and "build_s" in rec:
-                        row.append(f"{rec['build_s']:.2f} ({rec['build_cold_s']:.2f})")
+                        cold = rec.get("build_cold_s")
+                        row.append(f"{rec['build_s']:.2f}" + (f" ({cold:.2f})" if cold else ""))
                     else:
                         row.append("error" if rec else "—")
+                elif kind == "throughput":
+                    t = metric(rec, "infer" if batch else "train", batch)
+                    n = batch or args.train_batch
+                    row.append(fmt(n / (t / 1e3), ",.0f") if t else cell(rec, "infer" if batch
+                                                                          else "train", batch))
                 else:
                     row.append(cell(rec, kind, batch, show_path and col[1] == "tensorflow"))
             rows.append(row)
@@ -1044,8 +1245,20 @@ def render_report(run, args, final=True):
         out.append("")
 
     multi_path_tf = len(workers.get("tensorflow", {}).get("paths", [])) > 1
-    metric_table("Build time (s): constructing the model with random weights, second build "
-                 "(first build in a fresh process, which pays one-off costs, in brackets)", "build")
+    if args.no_cold_build:
+        metric_table("Build time (s): constructing the model with random weights, second "
+                     "build in the worker", "build")
+    else:
+        metric_table("Build time (s): constructing the model with random weights, second build "
+                     "(first build in a fresh process, which pays one-off costs, in brackets)",
+                     "build")
+    if args.device == "gpu":
+        for batch in [b for b in args.batches if b > 1]:
+            metric_table(f"Inference throughput, batch {batch} (images/s, from the median)",
+                         "throughput", batch)
+        if args.train_batch:
+            metric_table(f"Training throughput, batch {args.train_batch} (images/s, from the "
+                         "median step)", "throughput")
     for batch in args.batches:
         metric_table(f"Inference latency, batch {batch} (ms, median)", "infer", batch,
                      show_path=multi_path_tf)
@@ -1054,18 +1267,22 @@ def render_report(run, args, final=True):
                      show_path=multi_path_tf)
 
     # First-call (compile) times.
-    rows = []
-    for key in models:
-        row = [MODELS[key]["label"]]
-        for col in cols:
-            rec = table.get((key,) + col) or {}
-            stats = rec.get("infer", {}).get(str(args.batches[0])) or {}
-            row.append(fmt(stats.get("first_call_s"), ".2f"))
-        rows.append(row)
-    out.append(f"## First inference call, batch {args.batches[0]} (s, includes tracing/compilation)"
-               "\n")
-    out.append(md_table(["model"] + [column_label(c) for c in cols], rows))
-    out.append("")
+    first_calls = [(f"First inference call, batch {b}", "infer", b) for b in args.batches[:1]]
+    if args.device == "gpu" and args.train_batch:
+        first_calls.append((f"First training step, batch {args.train_batch}", "train", None))
+    for title, kind, batch in first_calls:
+        rows = []
+        for key in models:
+            row = [MODELS[key]["label"]]
+            for col in cols:
+                rec = table.get((key,) + col) or {}
+                stats = (rec.get("infer", {}).get(str(batch)) if kind == "infer"
+                         else rec.get("train")) or {}
+                row.append(fmt(stats.get("first_call_s"), ".2f"))
+            rows.append(row)
+        out.append(f"## {title} (s, includes tracing/compilation)\n")
+        out.append(md_table(["model"] + [column_label(c) for c in cols], rows))
+        out.append("")
 
     # Ratios.
     kinds = [("infer", b, f"b{b}") for b in args.batches]
@@ -1267,6 +1484,19 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="pin every worker to this many cores and set the thread-count "
                         "variables (OMP, MKL, TF) to it, e.g. 1 for single-thread latency")
+    p.add_argument("--parallel", action="store_true",
+                   help="run the workers at the same time, on cores of their own, taking "
+                        "turns for their timed calls (for a GPU, where building and "
+                        "compiling, not the timed calls, take most of the time)")
+    p.add_argument("--infer-first", action="store_true",
+                   help="measure every model's inference before any training step")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds for the whole run: no measurement starts after it")
+    p.add_argument("--exclusive-size", type=int, default=384,
+                   help="with --parallel, models of this input size or more are measured "
+                        "in one turn from build to last step (memory)")
+    p.add_argument("--no-cold-build", action="store_true",
+                   help="do not time the first build in a fresh process")
     p.add_argument("--worker-timeout", type=float, default=None,
                    help="seconds after which a worker is killed (its results so far are kept)")
     p.add_argument("--output", default=None, help="write the Markdown report here too, "
@@ -1281,6 +1511,10 @@ def parse_args(argv=None):
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--lock-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cores", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--timm-impls", default="eager,compiled", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.argv = argv
 
@@ -1308,7 +1542,7 @@ def parse_args(argv=None):
             setattr(args, name, value)
     if args.batch is None:
         args.batch = "1" if args.quick else ("1,256" if gpu else "1,32")
-    args.batches = [int(b) for b in str(args.batch).split(",")]
+    args.batches = [] if args.batch == "none" else [int(b) for b in str(args.batch).split(",")]
     if args.train_batch is None:
         args.train_batch = 0 if args.quick else (max(args.batches) if gpu else 32)
     if args.warmup < 1:
