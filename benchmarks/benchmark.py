@@ -190,6 +190,7 @@ def timed_first_call(fn):
 
 
 SKIPPED = "not measured: the run's --time-limit was reached"
+OVERRUN_S = 90  # how long a call started before the --time-limit may run past it
 
 
 def out_of_time(args):
@@ -226,6 +227,14 @@ class Turns:
                     self.on_release()  # e.g. hand cached GPU memory back first
                 fcntl.flock(self.file, fcntl.LOCK_UN)
                 self.file.close()
+
+
+def first_call_counts(args, first_s):
+    """Seconds of the first call that count towards --budget. On CPU all of it: a
+    call of minutes needs no warming. On GPU none: there the first call is mostly
+    compilation (10-50 s) before calls of milliseconds, which still need their
+    warm-up and their repeats."""
+    return 0.0 if args.device == "gpu" else first_s
 
 
 def exclusive(args, size):
@@ -354,6 +363,9 @@ def keras_worker(args):
                     results.add(record)
                 results.data["current"] = [key, impl]
                 results.flush()
+                if out_of_time(args):  # not even built: on JAX building compiles too
+                    record.setdefault("error", SKIPPED)
+                    continue
                 try:
                     with turns() if exclusive(args, size) else contextlib.nullcontext():
                         _bench_keras_model(record, spec, impl, size, paths, count_macs, args,
@@ -451,7 +463,8 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
             return {"error": SKIPPED}
         first = timed_first_call(fn)
         with turns():
-            stats = time_calls(fn, args.warmup - 1, repeats, args.budget, spent_s=first,
+            stats = time_calls(fn, args.warmup - 1, repeats, args.budget,
+                               spent_s=first_call_counts(args, first),
                                give_up_s=give_up_after(best), min_time_s=args.min_time)
         return dict(stats, first_call_s=first)
 
@@ -606,7 +619,8 @@ def timm_worker(args):
         try:
             first = timed_first_call(fn)
             with turns():
-                stats = time_calls(fn, args.warmup - 1, repeats, args.budget, spent_s=first,
+                stats = time_calls(fn, args.warmup - 1, repeats, args.budget,
+                                   spent_s=first_call_counts(args, first),
                                    min_time_s=args.min_time)
             return dict(stats, first_call_s=first)
         except Exception as exc:
@@ -626,6 +640,10 @@ def timm_worker(args):
                 records[key] = {impl: dict(base, impl=impl) for impl in impls}
                 for rec in records[key].values():
                     results.add(rec)
+            if out_of_time(args):
+                for rec in records[key].values():
+                    rec.setdefault("error", SKIPPED)
+                continue
             try:
                 with turns() if exclusive(args, size) else contextlib.nullcontext():
                     _bench_timm_model(records[key], spec, size, phases, measure, args, timm,
@@ -764,25 +782,33 @@ def worker_jobs(args, tmpdir):
     compiling does not slow another's timed calls. JAX, which compiles
     everything, and the torch.compile worker get the most.
     """
+    models = args.models.split(",")
     jobs = {}
     for backend in args.backends.split(","):
         if backend == "timm" and args.parallel:
-            jobs["timm"] = (backend, ["--timm-impls", "eager"])
-            jobs["timm-compiled"] = (backend, ["--timm-impls", "compiled"])
+            jobs["timm"] = (backend, ["--timm-impls", "eager"], models)
+            jobs["timm-compiled"] = (backend, ["--timm-impls", "compiled"], models)
+        elif backend in KERAS_BACKENDS and args.parallel and args.split_workers > 1:
+            # Several workers of one backend, each measuring every n-th model.
+            n = min(args.split_workers, len(models))
+            for i in range(n):
+                jobs[backend if i == 0 else f"{backend}-{i + 1}"] = (backend, [], models[i::n])
         else:
-            jobs[backend] = (backend, [])
+            jobs[backend] = (backend, [], models)
     if not args.parallel:
         return jobs
     weights = {"jax": 5, "tensorflow": 5, "torch": 2, "timm": 2, "timm-compiled": 7}
     cores = sorted(os.sched_getaffinity(0))
-    total = sum(weights[name] for name in jobs)
+    total = sum(weights[name.rsplit("-", 1)[0] if name[-1].isdigit() else name]
+                for name in jobs)
     lock = os.path.join(tmpdir, "gpu-turns.lock")
     start = 0
-    for i, (name, (_, extra)) in enumerate(jobs.items()):
+    for i, (name, (_, extra, _)) in enumerate(jobs.items()):
         extra += ["--lock-file", lock]
         if len(cores) >= 2 * len(jobs):  # else too few cores to split: share them all
+            weight = weights[name.rsplit("-", 1)[0] if name[-1].isdigit() else name]
             n = (len(cores) - start if i == len(jobs) - 1
-                 else max(1, round(len(cores) * weights[name] / total)))
+                 else max(1, round(len(cores) * weight / total)))
             extra += ["--cores", f"{cores[start]}-{cores[start + n - 1]}"]
             start += n
     return jobs
@@ -791,8 +817,7 @@ def worker_jobs(args, tmpdir):
 def run_worker(name, job, args, tmpdir):
     """Run one worker; if it dies (out of memory, say) or times out, record an
     error for the model it was measuring and start a new one for the rest."""
-    backend, extra = job
-    models = args.models.split(",")
+    backend, extra, models = job
     remaining = list(models)
     merged = None
     t0 = time.perf_counter()
@@ -833,7 +858,7 @@ def run_worker(name, job, args, tmpdir):
             remaining = [m for m in remaining if m != key and m not in trained]
         else:
             remaining = remaining[remaining.index(key) + 1:]
-        if not remaining:
+        if not remaining or out_of_time(args):
             break
     merged.pop("current", None)
     merged["wall_s"] = time.perf_counter() - t0
@@ -869,12 +894,13 @@ def _spawn_worker(name, backend, extra, args, models, result_file):
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         if args.parallel:
             # JAX keeps what it allocated; leave the other workers room for their turns.
-            env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+            jax_workers = args.split_workers if "jax" in args.backends.split(",") else 1
+            env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.5, 0.8 / jax_workers):.2f}")
     log(f"=== worker {name}: {' '.join(cmd[2:])}")
     timeout = args.worker_timeout
     if args.deadline_at is not None:
         # A call that started before the deadline may run past it; not for ever.
-        late = args.deadline_at + 120 - time.time()
+        late = args.deadline_at + OVERRUN_S - time.time()
         timeout = late if timeout is None else min(timeout, late)
     # Its own process group, so that a timeout also ends the compile workers it started.
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), start_new_session=True)
@@ -888,7 +914,8 @@ def _spawn_worker(name, backend, extra, args, models, result_file):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        return f"timed out after {timeout:.0f} s"
+        return (f"timed out after {timeout:.0f} s" if args.deadline_at is None else
+                f"stopped {OVERRUN_S} s after the --time-limit")
     except KeyboardInterrupt:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
@@ -1488,6 +1515,9 @@ def parse_args(argv=None):
                    help="run the workers at the same time, on cores of their own, taking "
                         "turns for their timed calls (for a GPU, where building and "
                         "compiling, not the timed calls, take most of the time)")
+    p.add_argument("--split-workers", type=int, default=1,
+                   help="with --parallel, run this many workers per Keras backend, each "
+                        "measuring every n-th model (JAX spends most of its time compiling)")
     p.add_argument("--infer-first", action="store_true",
                    help="measure every model's inference before any training step")
     p.add_argument("--time-limit", type=float, default=None,
