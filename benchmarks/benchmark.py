@@ -200,10 +200,14 @@ def out_of_time(args):
 class Turns:
     """Takes turns on the GPU with the other workers of a --parallel run.
 
-    Every worker holds an exclusive `flock` on one file while it times calls,
-    so no two workers' timed calls share the GPU; compiling and building, the
-    slow CPU-bound parts, overlap. Re-entrant, so a whole model can be measured
-    in one turn. Without a lock file (serial runs) it does nothing.
+    Every worker holds an exclusive `flock` on one file from the first call of
+    a measurement to its last timed call, so no other worker's GPU work runs
+    beside its timed calls; imports, building and counting MACs overlap. The
+    first call is inside the turn because compiling runs kernels too: XLA and
+    Triton time candidate kernels on the GPU (a first GPU run that compiled
+    outside the turns measured the same keras.applications call at 9.2 and
+    13.9 ms). Re-entrant, so a whole model can be measured in one turn.
+    Without a lock file (serial runs) it does nothing.
     """
 
     def __init__(self, path, on_release=None):
@@ -458,11 +462,12 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
         return keras.ops.convert_to_tensor(x)  # on the accelerator, if any, before timing
 
     def measure(fn, repeats, best):
-        """First (compiling) call on its own, then the timed calls in this worker's turn."""
+        """First (compiling) call, then the timed calls, in one of this worker's turns:
+        compiling runs kernels on the GPU too (XLA and Triton try candidate kernels)."""
         if out_of_time(args):
             return {"error": SKIPPED}
-        first = timed_first_call(fn)
         with turns():
+            first = timed_first_call(fn)
             stats = time_calls(fn, args.warmup - 1, repeats, args.budget,
                                spent_s=first_call_counts(args, first),
                                give_up_s=give_up_after(best), min_time_s=args.min_time)
@@ -613,12 +618,13 @@ def timm_worker(args):
         return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
 
     def measure(fn, repeats):
-        """First (compiling) call on its own, then the timed calls in this worker's turn."""
+        """First (compiling) call, then the timed calls, in one of this worker's turns:
+        compiling runs kernels on the GPU too (XLA and Triton try candidate kernels)."""
         if out_of_time(args):
             return {"error": SKIPPED}
         try:
-            first = timed_first_call(fn)
             with turns():
+                first = timed_first_call(fn)
                 stats = time_calls(fn, args.warmup - 1, repeats, args.budget,
                                    spent_s=first_call_counts(args, first),
                                    min_time_s=args.min_time)
@@ -1181,21 +1187,22 @@ def render_report(run, args, final=True):
         "`--keras-torch-compile` to also try `torch.compile`). Training: `model.train_on_batch` "
         "after `compile(SGD(0.01), 'categorical_crossentropy', jit_compile=<same paths>)`."
     )
-    out.append(
-        "- timm: `torch.inference_mode()` forward in eval mode, and `torch.compile(model, "
-        "dynamic=False)` "
-        "(one compile per batch shape); training: train-mode forward + "
-        "cross-entropy + backward + `SGD.step()`, eager and through the compiled module."
-        + (" channels_last." if args.channels_last else "")
-    )
+    if any(name.startswith("timm") for name in workers):
+        out.append(
+            "- timm: `torch.inference_mode()` forward in eval mode, and `torch.compile(model, "
+            "dynamic=False)` (one compile per batch shape); training: train-mode forward + "
+            "cross-entropy + backward + `SGD.step()`, eager and through the compiled module."
+            + (" channels_last." if args.channels_last else "")
+        )
     if args.parallel:
         out.append(
             "- `--parallel`: the workers ran at the same time, each on cores of its own, and "
-            "took turns for their timed calls (an exclusive file lock around warm-up and timed "
-            "calls), so no two workers' timed calls shared the GPU while their building and "
-            "compiling overlapped; models of input size ≥ "
+            "took turns for their measurements (an exclusive file lock from the first, "
+            "compiling call to the last timed call), so no other worker's GPU work ran beside "
+            "timed calls while imports, building and counting MACs overlapped; models of input "
+            "size ≥ "
             f"{args.exclusive_size} were measured in one turn from build to last step "
-            "(memory). Build times and first calls overlap other workers' work.")
+            "(memory). Build times overlap other workers' work.")
     if args.infer_first:
         out.append("- Every model's inference was measured before any training step"
                    + (f"; no measurement started after the {args.time_limit:.0f} s "
