@@ -100,6 +100,35 @@ def test_batchnorm_folded_at_inference_only(depthwise, multiplier):
     assert max_abs_diff(layer(x, training=True), expected) < 1e-4
 
 
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_training_batchnorm_steps_like_keras_batchnorm(depthwise):
+    """One SGD step through ConvBnAct's own training BatchNorm and through
+    Conv2D + keras.layers.BatchNormalization gives the same weights and
+    moving statistics (gradients flow through the batch statistics alike)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, size=(4, 9, 9, 3)).astype("float32")  # far from zero mean
+    unit = ConvBnAct(6, 3, 2, depthwise=depthwise, activation="relu", bn_momentum=0.9)
+    ours = keras.Sequential([keras.Input((9, 9, 3)), unit])
+    conv = (keras.layers.DepthwiseConv2D(3, 2, padding="same", use_bias=False) if depthwise
+            else keras.layers.Conv2D(6, 3, 2, padding="same", use_bias=False))
+    ref = keras.Sequential([keras.Input((9, 9, 3)), conv,
+                            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3),
+                            keras.layers.ReLU()])
+    channels = 3 if depthwise else 6
+    gamma, beta = rng.normal(1.0, 0.3, channels), rng.normal(0.0, 0.3, channels)
+    stats = [rng.normal(0.0, 0.5, channels), rng.uniform(0.5, 2.0, channels)]
+    weights = [unit.conv.get_weights()[0], gamma, beta] + stats
+    ours.set_weights([w.astype("float32") for w in weights])
+    ref.set_weights([w.astype("float32") for w in weights])
+    y = rng.normal(size=(4, 5, 5, channels)).astype("float32")
+    for model in (ours, ref):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.train_on_batch(x, y)
+    for a, b in zip(ours.get_weights(), ref.get_weights()):
+        assert a.shape == b.shape
+        assert max_abs_diff(a, b) < 1e-5
+
+
 def test_stochastic_depth():
     layer = StochasticDepth(0.5, seed=1)
     x = np.ones((64, 2, 2, 3), "float32")
