@@ -24,6 +24,7 @@ behind `implementation="auto"`. It takes every model, V4 too.
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -153,7 +154,7 @@ def report(backend, rows, args):
     lines = [
         f"# {a} / {b}, alternating calls ({backend}, {device_name()}"
         f"{', mixed_' + args.mp_dtype if args.mixed_precision else ''})\n",
-        f"`{' '.join(['python', 'benchmarks/ab_keras_apps.py'] + args.argv)}`; "
+        f"`{shlex.join(['python', 'benchmarks/ab_keras_apps.py'] + args.argv)}`; "
         f"{args.threads or 'all'} thread(s); {args.rounds} rounds per inference measurement "
         f"(each a block of calls of at least {args.min_block:g} s per model), "
         f"{args.train_rounds} rounds of one step for training; order flipped every round.\n",
