@@ -23,6 +23,7 @@ behind `implementation="auto"`. It takes every model, V4 too.
 """
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -112,7 +113,8 @@ def measure(spec, args, backend, rng):
     import keras
     import numpy as np
 
-    shape = (spec["size"], spec["size"], 3)
+    size = args.size or spec["size"]
+    shape = (size, size, 3)
     ours, ref = build_pair(spec, shape, args.compare)
     for model in (ours, ref):
         model.jit_compile = backend != "tensorflow"
@@ -145,7 +147,7 @@ def run(args):
     rng = np.random.default_rng(0)
     rows = []
     for key in args.models.split(","):
-        rows += measure(MODELS[key], args, backend, rng)
+        rows += [(key,) + row for row in measure(MODELS[key], args, backend, rng)]
     return backend, rows
 
 
@@ -162,7 +164,7 @@ def report(backend, rows, args):
         "| ratio q1–q3 |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for label, kind, s in rows:
+    for _, label, kind, s in rows:
         lines.append(f"| {label} | {kind} | {s['ours_ms']:.1f} | {s['ref_ms']:.1f} | "
                      f"{s['ratio']:.3f} | {s['ratio_q1']:.3f}–{s['ratio_q3']:.3f} |")
     return "\n".join(lines) + "\n"
@@ -193,6 +195,8 @@ def parse_args(argv=None):
                         f"also the V4 ones of benchmark.py)")
     p.add_argument("--mixed-precision", action="store_true", help="Keras mixed_<dtype> policy")
     p.add_argument("--mp-dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    p.add_argument("--size", type=int, default=None,
+                   help="input resolution (default: the model's, as in benchmark.py)")
     p.add_argument("--batch", default="1,32", help="inference batch sizes")
     p.add_argument("--train-batch", type=int, default=32, help="0 for no training step")
     p.add_argument("--rounds", type=int, default=15)
@@ -202,6 +206,7 @@ def parse_args(argv=None):
                    help="seconds of calls per model per inference round")
     p.add_argument("--threads", type=int, default=None, help="pin to this many cores")
     p.add_argument("--output", default=None, help="also write the Markdown table here")
+    p.add_argument("--json", default=None, help="also write the rows here as JSON")
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     args.batches = [int(b) for b in args.batch.split(",") if b]
@@ -226,6 +231,12 @@ def main(argv=None):
     print(text)
     if args.output:
         Path(args.output).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "backend": backend, "device": device_name(), "compare": args.compare,
+            "command": shlex.join(["python", "benchmarks/ab_keras_apps.py"] + args.argv),
+            "rows": [dict(stats, model=key, measurement=kind) for key, _, kind, stats in rows],
+        }, indent=1))
 
 
 if __name__ == "__main__":

@@ -981,9 +981,48 @@ def driver(args):
                 run["load_average_end"] = machine_info().get("load_average")
                 # Written after every worker, so an interrupted run keeps what it has.
                 write_outputs(run, args, final=False)
+        if args.ab:
+            run["ab"] = {}
+            for backend in args.ab_backends.split(","):
+                if backend in args.backends.split(","):
+                    run["ab"][backend] = run_ab(backend, args, tmp)
+                    write_outputs(run, args, final=False)
         run["wall_s"] = time.perf_counter() - t_start
         run["load_average_end"] = machine_info().get("load_average")
     write_outputs(run, args, final=True)
+
+
+def run_ab(backend, args, tmpdir):
+    """`ab_keras_apps.py` on one backend: ours and keras.applications alternating
+    in one process, so that the machine's drift hits both (see its docstring)."""
+    models = [m for m in args.models.split(",") if MODELS[m]["keras_app"]]
+    if not models:
+        return {"error": "no model with a keras.applications counterpart"}
+    result = os.path.join(tmpdir, f"ab-{backend}.json")
+    cmd = [sys.executable, str(HERE / "ab_keras_apps.py"), "--models", ",".join(models),
+           "--batch", ",".join(str(b) for b in args.batches),
+           "--train-batch", str(args.train_batch), "--json", result]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.size:
+        cmd += ["--size", str(args.size)]
+    if args.mixed_precision:
+        cmd += ["--mixed-precision", "--mp-dtype", args.mp_dtype]
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.device == "cpu":
+        env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    log(f"=== A/B {backend}: {' '.join(cmd[1:])}")
+    t0 = time.perf_counter()
+    try:
+        subprocess.run(cmd, env=env, cwd=str(REPO_ROOT), check=True,
+                       timeout=args.worker_timeout, stdout=subprocess.DEVNULL)
+        data = json.loads(Path(result).read_text())
+    except (subprocess.SubprocessError, OSError, ValueError) as exc:
+        data = {"error": error_text(exc)}
+    data["wall_s"] = time.perf_counter() - t0
+    log(f"=== A/B {backend} done in {data['wall_s']:.0f} s")
+    return data
 
 
 def write_outputs(run, args, final):
@@ -1340,6 +1379,36 @@ def render_report(run, args, final=True):
                    "faster)\n")
         out.append(md_table(header, rows))
         out.append("")
+    ab = {b: d for b, d in run.get("ab", {}).items() if d.get("rows")}
+    if ab:
+        labels = [f"inference b{b}" for b in args.batches]
+        if args.train_batch:
+            labels.append(f"train b{args.train_batch}")
+        header = ["model"] + [f"{b} {label.replace('inference ', '')}" for b in ab
+                              for label in labels]
+        rows = []
+        for key in models:
+            if not MODELS[key]["keras_app"]:
+                continue
+            row = [MODELS[key]["label"]]
+            for data in ab.values():
+                by_kind = {r["measurement"]: r for r in data["rows"] if r["model"] == key}
+                for label in labels:
+                    r = by_kind.get(label)
+                    row.append(f"{r['ratio']:.3f} ({r['ratio_q1']:.2f}–{r['ratio_q3']:.2f})"
+                               if r else "—")
+            rows.append(row)
+        out.append("## Ours / keras.applications, alternating in one process (`--ab`)\n")
+        out.append(
+            "`ab_keras_apps.py` per backend: both models built in one process, timed in "
+            "alternating blocks (order flipped every round), so the machine's drift hits "
+            "both; median of the per-round time ratios, quartiles in brackets. TensorFlow "
+            "runs the graph path, JAX `jax.jit`, torch eager.\n")
+        out.append(md_table(header, rows))
+        out.append("")
+    for b, data in run.get("ab", {}).items():
+        if data.get("error"):
+            out.append(f"- A/B {b}: {data['error']}")
     if keras_backends and "timm" in workers:
         header = ["model"]
         for _, _, label in kinds:
@@ -1532,6 +1601,12 @@ def parse_args(argv=None):
     p.add_argument("--exclusive-size", type=int, default=384,
                    help="with --parallel, models of this input size or more are measured "
                         "in one turn from build to last step (memory)")
+    p.add_argument("--ab", action="store_true",
+                   help="after the workers, also time ours and keras.applications "
+                        "alternating in one process (ab_keras_apps.py) on --ab-backends")
+    p.add_argument("--ab-backends", default="tensorflow,torch",
+                   help="Keras backends for --ab (JAX's ratios are far from 1 and its "
+                        "keras.applications training steps slow)")
     p.add_argument("--no-cold-build", action="store_true",
                    help="do not time the first build in a fresh process")
     p.add_argument("--worker-timeout", type=float, default=None,
