@@ -448,7 +448,9 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
     model = build()
     record.setdefault("build_s", time.perf_counter() - t0)
     record["params"] = int(model.count_params())
-    log(f"  built in {record['build_s']:.1f} s (cold: {record.get('build_cold_s', 'not timed')})")
+    cold = record.get("build_cold_s")
+    log(f"  built in {record['build_s']:.1f} s (cold: "
+        f"{'not timed' if cold is None else f'{cold:.1f} s'})")
     flush()
     if "macs" not in record:
         record["macs"], record["macs_source"] = _keras_macs(model, input_shape, impl, count_macs,
