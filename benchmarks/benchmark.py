@@ -233,6 +233,20 @@ class Turns:
                 self.file.close()
 
 
+def measure_calls(fn, repeats, args, turns, best=None):
+    """Stats of `fn`: the first (compiling) call, then the timed calls, in one of
+    this worker's turns (compiling runs kernels on the GPU too: XLA and Triton
+    try candidate kernels); nothing once the --time-limit has passed."""
+    if out_of_time(args):
+        return {"error": SKIPPED}
+    with turns():
+        first = timed_first_call(fn)
+        stats = time_calls(fn, args.warmup - 1, repeats, args.budget,
+                           spent_s=first_call_counts(args, first),
+                           give_up_s=give_up_after(best), min_time_s=args.min_time)
+    return dict(stats, first_call_s=first)
+
+
 def first_call_counts(args, first_s):
     """Seconds of the first call that count towards --budget. On CPU all of it: a
     call of minutes needs no warming. On GPU none: there the first call is mostly
@@ -241,10 +255,12 @@ def first_call_counts(args, first_s):
     return 0.0 if args.device == "gpu" else first_s
 
 
-def exclusive(args, size):
+def model_turn(args, size, turns):
     """In a --parallel run, models this large are measured in one turn from build
     to last step: their batch-256 training steps need tens of GB each."""
-    return args.lock_file is not None and size >= args.exclusive_size
+    if args.lock_file is not None and size >= args.exclusive_size:
+        return turns()
+    return contextlib.nullcontext()
 
 
 def pin_cores(spec):
@@ -371,7 +387,7 @@ def keras_worker(args):
                     record.setdefault("error", SKIPPED)
                     continue
                 try:
-                    with turns() if exclusive(args, size) else contextlib.nullcontext():
+                    with model_turn(args, size, turns):
                         _bench_keras_model(record, spec, impl, size, paths, count_macs, args,
                                            keras, np, importlib, results.flush, phases, turns)
                 except Exception as exc:  # keep going: one broken model must not stop the run
@@ -463,18 +479,6 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
         x = rng.uniform(0.0, 255.0, size=(batch,) + input_shape).astype("float32")
         return keras.ops.convert_to_tensor(x)  # on the accelerator, if any, before timing
 
-    def measure(fn, repeats, best):
-        """First (compiling) call, then the timed calls, in one of this worker's turns:
-        compiling runs kernels on the GPU too (XLA and Triton try candidate kernels)."""
-        if out_of_time(args):
-            return {"error": SKIPPED}
-        with turns():
-            first = timed_first_call(fn)
-            stats = time_calls(fn, args.warmup - 1, repeats, args.budget,
-                               spent_s=first_call_counts(args, first),
-                               give_up_s=give_up_after(best), min_time_s=args.min_time)
-        return dict(stats, first_call_s=first)
-
     if "infer" in phases:
         record["infer"] = {}
         for batch in args.batches:
@@ -487,7 +491,7 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
                     def fn(x=x):
                         return model.predict_on_batch(x)  # returns NumPy: synced
 
-                    stats = dict(measure(fn, args.repeats, best), path=path)
+                    stats = dict(measure_calls(fn, args.repeats, args, turns, best), path=path)
                 except Exception as exc:
                     stats = {"path": path, "error": error_text(exc)}
                     log(traceback.format_exc())
@@ -519,7 +523,7 @@ def _bench_keras_model(record, spec, impl, size, paths, count_macs, args, keras,
                     # memory asynchronously): float() raises the real error.
                     return float(np.asarray(model.train_on_batch(x, y)))
 
-                stats = dict(measure(fn, args.train_repeats, best), path=path)
+                stats = dict(measure_calls(fn, args.train_repeats, args, turns, best), path=path)
             except Exception as exc:
                 stats = {"path": path, "error": error_text(exc)}
                 log(traceback.format_exc())
@@ -620,17 +624,8 @@ def timm_worker(args):
         return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
 
     def measure(fn, repeats):
-        """First (compiling) call, then the timed calls, in one of this worker's turns:
-        compiling runs kernels on the GPU too (XLA and Triton try candidate kernels)."""
-        if out_of_time(args):
-            return {"error": SKIPPED}
         try:
-            with turns():
-                first = timed_first_call(fn)
-                stats = time_calls(fn, args.warmup - 1, repeats, args.budget,
-                                   spent_s=first_call_counts(args, first),
-                                   min_time_s=args.min_time)
-            return dict(stats, first_call_s=first)
+            return measure_calls(fn, repeats, args, turns)
         except Exception as exc:
             log(traceback.format_exc())
             return {"error": error_text(exc)}
@@ -653,7 +648,7 @@ def timm_worker(args):
                     rec.setdefault("error", SKIPPED)
                 continue
             try:
-                with turns() if exclusive(args, size) else contextlib.nullcontext():
+                with model_turn(args, size, turns):
                     _bench_timm_model(records[key], spec, size, phases, measure, args, timm,
                                       torch, device, memory_format, autocast, sync,
                                       results.flush)
