@@ -777,7 +777,7 @@ def measure_peak(device, size, repeats, mixed_precision, mp_dtype):
 
 
 def worker_jobs(args, tmpdir):
-    """The workers to run: {name: (backend, extra worker arguments)}.
+    """The workers to run: {name: (backend, extra worker arguments, models)}.
 
     One per Keras backend and one for timm; a --parallel run splits timm into
     an eager and a compiled worker (compiling is the slow part) and gives each
@@ -801,17 +801,18 @@ def worker_jobs(args, tmpdir):
     if not args.parallel:
         return jobs
     weights = {"jax": 5, "tensorflow": 5, "torch": 2, "timm": 2, "timm-compiled": 7}
+    # A split worker ("jax-2") weighs what its backend does.
+    weight = {name: weights[name.rsplit("-", 1)[0] if name[-1].isdigit() else name]
+              for name in jobs}
     cores = sorted(os.sched_getaffinity(0))
-    total = sum(weights[name.rsplit("-", 1)[0] if name[-1].isdigit() else name]
-                for name in jobs)
+    total = sum(weight.values())
     lock = os.path.join(tmpdir, "gpu-turns.lock")
     start = 0
     for i, (name, (_, extra, _)) in enumerate(jobs.items()):
         extra += ["--lock-file", lock]
         if len(cores) >= 2 * len(jobs):  # else too few cores to split: share them all
-            weight = weights[name.rsplit("-", 1)[0] if name[-1].isdigit() else name]
             n = (len(cores) - start if i == len(jobs) - 1
-                 else max(1, round(len(cores) * weight / total)))
+                 else max(1, round(len(cores) * weight[name] / total)))
             extra += ["--cores", f"{cores[start]}-{cores[start + n - 1]}"]
             start += n
     return jobs
