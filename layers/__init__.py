@@ -1,6 +1,12 @@
 """Building blocks of the MobileNet family, each a serializable Keras layer."""
 
-from layers.activations import ACTIVATIONS, HardSigmoid, HardSwish, get_activation
+from layers.activations import (
+    ACTIVATIONS,
+    GELU,
+    HardSigmoid,
+    HardSwish,
+    get_activation,
+)
 from layers.conv import Conv
 from layers.conv_bn_act import ConvBnAct
 from layers.depthwise_conv import DepthwiseConv
@@ -21,6 +27,7 @@ __all__ = [
     "DepthwiseConv",
     "DepthwiseSeparableConv",
     "FusedInvertedBottleneck",
+    "GELU",
     "HardSigmoid",
     "HardSwish",
     "InvertedResidual",

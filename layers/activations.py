@@ -38,6 +38,46 @@ class HardSwish(keras.layers.Layer):
         return input_shape
 
 
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+@ops.custom_gradient
+def _gelu_keeping_input(x):
+    def grad(*args, upstream=None):
+        # TensorFlow and JAX pass the upstream gradient positionally, torch
+        # by keyword.
+        if upstream is None:
+            (upstream,) = args
+        cdf = 0.5 * (1.0 + ops.erf(x * _SQRT_HALF))
+        pdf = ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI
+        return upstream * (cdf + x * pdf)
+
+    return ops.gelu(x, approximate=False), grad
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GELU(keras.layers.Layer):
+    """Exact (erf) GELU, as timm and the MobileNetV4 reference use.
+
+    The forward is `ops.gelu(x, approximate=False)`. For training it keeps
+    only its input for the backward pass and recomputes `Phi(x) + x*phi(x)`
+    there: TensorFlow's composite `tf.nn.gelu` otherwise keeps three
+    activation-sized tensors per call (the erfc input and output and
+    `0.5*x`), which is what made MobileNetV4 hybrid_large run out of memory
+    when training at batch 32 x 384^2. torch's own GELU already keeps only
+    its input in one fused kernel, so torch calls it directly.
+    """
+
+    def call(self, x):
+        if keras.backend.backend() == "torch":
+            return ops.gelu(x, approximate=False)
+        return _gelu_keeping_input(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 ACTIVATIONS = ("relu", "relu6", "hard_swish", "gelu")
 
 
@@ -57,8 +97,7 @@ def get_activation(name, layer_name=None):
     if name == "hard_swish":
         return HardSwish(name=layer_name)
     if name == "gelu":
-        # Exact (erf) GELU, as timm and the MobileNetV4 reference use.
-        return keras.layers.Activation("gelu", name=layer_name)
+        return GELU(name=layer_name)
     raise ValueError(
         f"Unknown activation {name!r}; expected one of {ACTIVATIONS} or None."
     )

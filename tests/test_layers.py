@@ -6,6 +6,7 @@ import pytest
 from conftest import max_abs_diff, to_numpy
 
 from layers import (
+    GELU,
     ConvBnAct,
     DepthwiseConv,
     DepthwiseSeparableConv,
@@ -38,6 +39,31 @@ def test_hard_activations_match_formula():
     np.testing.assert_allclose(to_numpy(HardSwish()(x)), x * relu6 / 6.0, atol=1e-6)
     assert to_numpy(HardSigmoid()(np.array([-3.0, 3.0], "float32"))).tolist() == [0.0, 1.0]
 
+
+
+def test_gelu_is_exact_and_steps_like_keras_gelu():
+    """GELU keeps only its input for the backward pass; its value and one SGD
+    step through it equal keras' exact (erf) GELU."""
+    from math import erf
+
+    x = np.linspace(-5, 5, 101).astype("float32")
+    exact = x * 0.5 * (1.0 + np.array([erf(v / np.sqrt(2.0)) for v in x]))
+    assert max_abs_diff(GELU()(x), exact) < 1e-6
+
+    rng = np.random.default_rng(4)
+    inputs, targets = rng.normal(0, 2, (8, 5)).astype("float32"), rng.normal(size=(8, 3)).astype("float32")
+    models = [
+        keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), act])
+        for act in (GELU(), keras.layers.Activation("gelu"))
+    ]
+    weights = [rng.normal(size=(5, 3)).astype("float32"), rng.normal(size=3).astype("float32")]
+    for model in models:
+        model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+        model.train_on_batch(inputs, targets)
+    for a, b, w in zip(models[0].get_weights(), models[1].get_weights(), weights):
+        assert max_abs_diff(a, w) > 1e-2  # the step moved the weights
+        assert max_abs_diff(a, b) < 1e-5
 
 def _torch_conv(x, kernel, stride, padding, depthwise=False):
     torch = pytest.importorskip("torch")
