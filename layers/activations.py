@@ -62,7 +62,7 @@ class GELU(keras.layers.Layer):
 
     The forward is `ops.gelu(x, approximate=False)`. For training it keeps
     only its input for the backward pass and recomputes `Phi(x) + x*phi(x)`
-    there: TensorFlow's composite `tf.nn.gelu` otherwise keeps three
+    there: TensorFlow's composite `tf.nn.gelu` otherwise can keep up to three
     activation-sized tensors per call (the erfc input and output and
     `0.5*x`), which is what made MobileNetV4 hybrid_large run out of memory
     when training at batch 32 x 384^2. torch's own GELU already keeps only
