@@ -272,6 +272,34 @@ def test_depthwise_shift_and_add_matches_the_convolution(kernel_size, strides, p
     assert max_abs_diff(outputs["shift"], outputs["conv"]) < 1e-5
 
 
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_depthwise_shift_and_add_steps_like_the_convolution(kernel_size, strides, padding):
+    """The hand-written backward pass of the shifted sum: one SGD step gives
+    the convolution's kernel and bias, and its input gradient reaches the
+    Dense layer before it alike."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 13, 10, 4)).astype("float32")
+    models, weights = {}, None
+    for implementation in ("conv", "shift"):
+        model = keras.Sequential([
+            keras.Input((13, 10, 4)),
+            keras.layers.Dense(6),
+            DepthwiseConv(kernel_size, strides, padding, implementation=implementation, use_bias=True),
+        ])
+        if weights is None:
+            weights = [rng.normal(size=w.shape).astype("float32") for w in model.get_weights()]
+        model.set_weights(weights)
+        y = np.zeros(model.output_shape[1:], "float32")[None].repeat(2, axis=0)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        model.train_on_batch(x, y + 1.0)
+        models[implementation] = model
+    for a, b, w in zip(models["shift"].get_weights(), models["conv"].get_weights(), weights):
+        assert max_abs_diff(b, w) > 1e-3  # the step moved every weight
+        assert max_abs_diff(a, b) < 1e-5
+
 def test_depthwise_auto_is_shift_only_for_jax_on_cpu():
     layer = DepthwiseConv(3)
     layer.build((1, 8, 8, 4))
