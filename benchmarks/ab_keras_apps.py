@@ -18,8 +18,8 @@ path in `benchmark.py` on CPU), JAX `jax.jit`, torch eager.
 
 `--compare depthwise` times two of our own models instead, one with every
 depthwise convolution as a convolution (`ops.depthwise_conv`) and one as
-shifted sums (`layers.DepthwiseConv(implementation="shift")`): the measurement
-behind `implementation="auto"`. It takes every model, V4 too.
+shifted sums (`keras_mobilenets.layers.DepthwiseConv(implementation="shift")`):
+the measurement behind `implementation="auto"`. It takes every model, V4 too.
 """
 
 import argparse
@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from benchmark import MODELS, keras_build_code, limit_threads  # noqa: E402
+from common import MODELS, keras_build_code, limit_threads  # noqa: E402
 
 KERAS_V1_V3 = [key for key, spec in MODELS.items() if spec.get("keras_app")]
 
@@ -56,7 +56,7 @@ def build_pair(spec, input_shape, compare="keras_apps"):
         exec(keras_build_code(spec, impl, input_shape), namespace)
         models.append(namespace["build"]())
     if compare == "depthwise":
-        from layers import DepthwiseConv
+        from keras_mobilenets.layers import DepthwiseConv
 
         for model, implementation in zip(models, COMPARISONS[compare]):
             for layer in model._flatten_layers():
@@ -104,7 +104,7 @@ def predictor(model, x):
 def trainer(model, x, y):
     import numpy as np
 
-    # float() syncs, and raises if the step failed (see benchmark.py).
+    # float() syncs, and raises if the step failed (see workers.py).
     return lambda: float(np.asarray(model.train_on_batch(x, y)))
 
 

@@ -143,7 +143,7 @@ def depthwise_as_conv(model, enabled=True):
     ~9x more equations, which jax2onnx lowers in quadratic time (minutes for
     the V4 hybrids) and ONNX runtimes run slower than their depthwise kernel.
     """
-    from weights.assign import leaf_layers
+    from keras_mobilenets.weights.assign import leaf_layers
 
     switched = [
         layer
@@ -167,7 +167,7 @@ def calibrate_batchnorm(model, x, seed=0):
     import keras
     import numpy as np
 
-    from weights.assign import leaf_layers
+    from keras_mobilenets.weights.assign import leaf_layers
 
     rng = np.random.default_rng(seed)
     for _, layer in leaf_layers(model):

@@ -1,24 +1,24 @@
 """Building blocks of the MobileNet family, each a serializable Keras layer."""
 
-from layers.activations import (
+from .activations import (
     ACTIVATIONS,
     GELU,
     HardSigmoid,
     HardSwish,
     get_activation,
 )
-from layers.conv import Conv
-from layers.conv_bn_act import ConvBnAct
-from layers.depthwise_conv import DepthwiseConv
-from layers.depthwise_separable import DepthwiseSeparableConv
-from layers.fused_inverted_bottleneck import FusedInvertedBottleneck
-from layers.inverted_residual import InvertedResidual
-from layers.layer_scale import LayerScale
-from layers.mobile_mqa import MobileMQA
-from layers.squeeze_excite import SqueezeExcite
-from layers.stochastic_depth import StochasticDepth
-from layers.universal_inverted_bottleneck import UniversalInvertedBottleneck
-from layers.utils import make_divisible
+from .conv import Conv
+from .conv_bn_act import ConvBnAct
+from .depthwise_conv import DepthwiseConv
+from .depthwise_separable import DepthwiseSeparableConv
+from .fused_inverted_bottleneck import FusedInvertedBottleneck
+from .inverted_residual import InvertedResidual
+from .layer_scale import LayerScale
+from .mobile_mqa import MobileMQA
+from .squeeze_excite import SqueezeExcite
+from .stochastic_depth import StochasticDepth
+from .universal_inverted_bottleneck import UniversalInvertedBottleneck
+from .utils import declare, make_divisible
 
 __all__ = [
     "ACTIVATIONS",
@@ -36,6 +36,7 @@ __all__ = [
     "SqueezeExcite",
     "StochasticDepth",
     "UniversalInvertedBottleneck",
+    "declare",
     "get_activation",
     "make_divisible",
 ]

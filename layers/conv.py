@@ -2,7 +2,7 @@
 
 import keras
 
-from layers.utils import conv_nhwc
+from .utils import conv_nhwc
 
 _PACKAGE = "keras_mobilenets"
 

@@ -3,10 +3,10 @@
 import keras
 from keras import ops
 
-from layers.activations import get_activation
-from layers.conv import Conv
-from layers.depthwise_conv import DepthwiseConv
-from layers.utils import check_padding, symmetric_pad
+from .activations import get_activation
+from .conv import Conv
+from .depthwise_conv import DepthwiseConv
+from .utils import check_padding, declare, symmetric_pad
 
 _PACKAGE = "keras_mobilenets"
 
@@ -35,6 +35,10 @@ class ConvBnAct(keras.layers.Layer):
             differ only for strided convolutions.
         bn_epsilon: BatchNorm epsilon.
         bn_momentum: BatchNorm momentum (Keras convention).
+        timm_names: timm's names of the convolution and the BatchNorm,
+            relative to the enclosing block (timm's `ConvBnAct` by default).
+        reference_names: the reference names of this layer itself (see
+            `layers.utils.declare`).
     """
 
     def __init__(
@@ -50,9 +54,12 @@ class ConvBnAct(keras.layers.Layer):
         padding="same",
         bn_epsilon=1e-3,
         bn_momentum=0.99,
+        timm_names=("conv", "bn1"),
+        reference_names=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.timm_names = tuple(timm_names)
         if not depthwise and not filters:
             raise ValueError(f"A full convolution needs filters > 0, got {filters!r}.")
         self.filters = filters
@@ -96,6 +103,10 @@ class ConvBnAct(keras.layers.Layer):
             else None
         )
         self.act = get_activation(activation, "act")
+        declare(self, **{"timm": "", **(reference_names or {})})
+        declare(self.conv, timm=self.timm_names[0])
+        if self.bn is not None:
+            declare(self.bn, timm=self.timm_names[1])
 
     def _conv_input_shape(self, input_shape):
         if not self._explicit_pad:
@@ -135,10 +146,8 @@ class ConvBnAct(keras.layers.Layer):
         normalisation is `x * a + b` (`a`, `b` per channel) instead of Keras'
         `(x - mean) * a + beta`. Backpropagation then keeps only `x`, which
         the variance keeps anyway, where Keras keeps `x` and `x - mean`: one
-        feature map less per unit. In a MobileNetV4 hybrid_medium training
-        step on the torch backend, the tensors kept for the backward pass
-        went from 1.46x timm's to 1.13x (float32) and from 2.10x to 1.47x
-        (mixed bfloat16). Exact up to float32 rounding.
+        feature map less per unit (measured in `benchmarks/README.md`).
+        Exact up to float32 rounding.
         """
         bn = self.bn
         x32 = ops.cast(x, "float32")
@@ -158,9 +167,7 @@ class ConvBnAct(keras.layers.Layer):
         BatchNorm with moving statistics is the per-channel affine map
         `y * scale + shift`; applied to the kernel and bias (a few thousand
         numbers) instead of the activations, it saves three elementwise passes
-        over the feature map (MobileNetV2, batch 32: 235 -> 149 ms on
-        TensorFlow, 1084 -> 1006 ms on torch; JAX fuses them either way).
-        Exact up to float rounding, about 1e-6 of the output's scale.
+        over the feature map (JAX fuses them either way). Exact up to float rounding, about 1e-6 of the output's scale.
         """
         bn, conv = self.bn, self.conv
         f32 = lambda v: ops.cast(v, "float32")  # noqa: E731
@@ -191,5 +198,7 @@ class ConvBnAct(keras.layers.Layer):
             padding=self.padding,
             bn_epsilon=self.bn_epsilon,
             bn_momentum=self.bn_momentum,
+            timm_names=list(self.timm_names),
+            reference_names=dict(self.reference_names),
         )
         return config

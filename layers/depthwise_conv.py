@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from layers.utils import conv_nhwc
+from .utils import conv_nhwc
 
 _PACKAGE = "keras_mobilenets"
 IMPLEMENTATIONS = ("auto", "conv", "shift")

@@ -2,9 +2,9 @@
 
 import keras
 
-from layers.residual import ResidualBlock
-from layers.squeeze_excite import SqueezeExcite
-from layers.utils import make_divisible
+from .residual import ResidualBlock
+from .squeeze_excite import SqueezeExcite
+from .utils import declare, make_divisible
 
 _PACKAGE = "keras_mobilenets"
 
@@ -54,10 +54,11 @@ class DepthwiseSeparableConv(ResidualBlock):
             depthwise=True,
             depth_multiplier=self.depth_multiplier,
             activation=self.activation,
+            timm=("conv_dw", "bn1"),
         )
         channels = input_shape[-1] * self.depth_multiplier
         self.se = (
-            SqueezeExcite(make_divisible(channels * self.se_ratio), name="se")
+            declare(SqueezeExcite(make_divisible(channels * self.se_ratio), name="se"), timm="se")
             if self.se_ratio
             else None
         )
@@ -65,6 +66,7 @@ class DepthwiseSeparableConv(ResidualBlock):
             "pointwise",
             self.filters,
             activation=self.activation if self.pointwise_activation else None,
+            timm=("conv_pw", "bn2"),
         )
         self.build_sequence(input_shape, [self.depthwise, self.se, self.pointwise])
         self.build_skip(input_shape, self.filters, self.strides)

@@ -2,8 +2,8 @@
 
 import keras
 
-from layers.residual import ResidualBlock
-from layers.utils import make_divisible
+from .residual import ResidualBlock
+from .utils import make_divisible
 
 _PACKAGE = "keras_mobilenets"
 
@@ -33,9 +33,10 @@ class FusedInvertedBottleneck(ResidualBlock):
     def build(self, input_shape):
         mid = make_divisible(input_shape[-1] * self.expansion)
         self.expand = self.conv_bn_act(
-            "expand", mid, self.kernel_size, self.strides, activation=self.activation
+            "expand", mid, self.kernel_size, self.strides, activation=self.activation,
+            timm=("conv_exp", "bn1"),
         )
-        self.project = self.conv_bn_act("project", self.filters)
+        self.project = self.conv_bn_act("project", self.filters, timm=("conv_pwl", "bn2"))
         self.build_sequence(input_shape, [self.expand, self.project])
         self.build_skip(input_shape, self.filters, self.strides)
 

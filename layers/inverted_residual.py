@@ -2,9 +2,9 @@
 
 import keras
 
-from layers.residual import ResidualBlock
-from layers.squeeze_excite import SqueezeExcite
-from layers.utils import make_divisible
+from .residual import ResidualBlock
+from .squeeze_excite import SqueezeExcite
+from .utils import declare, make_divisible
 
 _PACKAGE = "keras_mobilenets"
 
@@ -38,20 +38,23 @@ class InvertedResidual(ResidualBlock):
 
     def build(self, input_shape):
         mid = make_divisible(input_shape[-1] * self.expansion)
-        self.expand = self.conv_bn_act("expand", mid, activation=self.activation)
+        self.expand = self.conv_bn_act(
+            "expand", mid, activation=self.activation, timm=("conv_pw", "bn1")
+        )
         self.depthwise = self.conv_bn_act(
             "depthwise",
             kernel_size=self.kernel_size,
             strides=self.strides,
             depthwise=True,
             activation=self.activation,
+            timm=("conv_dw", "bn2"),
         )
         self.se = (
-            SqueezeExcite(make_divisible(mid * self.se_ratio), name="se")
+            declare(SqueezeExcite(make_divisible(mid * self.se_ratio), name="se"), timm="se")
             if self.se_ratio
             else None
         )
-        self.project = self.conv_bn_act("project", self.filters)
+        self.project = self.conv_bn_act("project", self.filters, timm=("conv_pwl", "bn3"))
         self.build_sequence(input_shape, [self.expand, self.depthwise, self.se, self.project])
         self.build_skip(input_shape, self.filters, self.strides)
 

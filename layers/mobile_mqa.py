@@ -3,8 +3,9 @@
 import keras
 from keras import ops
 
-from layers.conv import Conv
-from layers.residual import ResidualBlock
+from .conv import Conv
+from .residual import ResidualBlock
+from .utils import declare
 
 _PACKAGE = "keras_mobilenets"
 
@@ -45,24 +46,32 @@ class MobileMQA(ResidualBlock):
         self.kv_strides = kv_strides
         self.dw_kernel_size = dw_kernel_size
 
-    def _down(self, name):
+    def _down(self, name, timm):
         if self.kv_strides == 1:
             return None
         return self.conv_bn_act(
-            name, kernel_size=self.dw_kernel_size, strides=self.kv_strides, depthwise=True
+            name, kernel_size=self.dw_kernel_size, strides=self.kv_strides, depthwise=True,
+            timm=(f"{timm}.down_conv", f"{timm}.norm"),
         )
+
+    @staticmethod
+    def _projection(filters, name, timm):
+        return declare(Conv(filters, 1, use_bias=False, name=name), timm=timm)
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.norm = keras.layers.BatchNormalization(
-            epsilon=self.bn_epsilon, momentum=self.bn_momentum, name="norm"
+        self.norm = declare(
+            keras.layers.BatchNormalization(
+                epsilon=self.bn_epsilon, momentum=self.bn_momentum, name="norm"
+            ),
+            timm="norm",
         )
-        self.query = Conv(self.num_heads * self.key_dim, 1, use_bias=False, name="query")
-        self.key_down = self._down("key_down")
-        self.key = Conv(self.key_dim, 1, use_bias=False, name="key")
-        self.value_down = self._down("value_down")
-        self.value = Conv(self.value_dim, 1, use_bias=False, name="value")
-        self.output_proj = Conv(channels, 1, use_bias=False, name="output")
+        self.query = self._projection(self.num_heads * self.key_dim, "query", "attn.query.proj")
+        self.key_down = self._down("key_down", "attn.key")
+        self.key = self._projection(self.key_dim, "key", "attn.key.proj")
+        self.value_down = self._down("value_down", "attn.value")
+        self.value = self._projection(self.value_dim, "value", "attn.value.proj")
+        self.output_proj = self._projection(channels, "output", "attn.output.proj")
         self.norm.build(input_shape)
         self.query.build(input_shape)
         self.build_sequence(input_shape, [self.key_down, self.key])

@@ -2,10 +2,10 @@
 
 import keras
 
-from layers.conv_bn_act import ConvBnAct
-from layers.layer_scale import LayerScale
-from layers.stochastic_depth import StochasticDepth
-from layers.utils import check_padding
+from .conv_bn_act import ConvBnAct
+from .layer_scale import LayerScale
+from .stochastic_depth import StochasticDepth
+from .utils import check_padding, declare
 
 
 class ResidualBlock(keras.layers.Layer):
@@ -26,6 +26,8 @@ class ResidualBlock(keras.layers.Layer):
             branch output, or None for no layer scale.
         drop_path_rate: stochastic depth rate of the residual branch.
         residual: add the input to the output when shapes allow.
+        reference_names: the reference names of this block (see
+            `layers.utils.declare`), e.g. `{"timm": "blocks.2.0"}`.
     """
 
     def __init__(
@@ -37,9 +39,11 @@ class ResidualBlock(keras.layers.Layer):
         layer_scale_init=None,
         drop_path_rate=0.0,
         residual=True,
+        reference_names=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        declare(self, **(reference_names or {}))
         self.activation = activation
         self.padding = check_padding(padding)
         self.bn_epsilon = bn_epsilon
@@ -51,8 +55,11 @@ class ResidualBlock(keras.layers.Layer):
         self.layer_scale = None
         self.drop_path = None
 
-    def conv_bn_act(self, name, filters=None, kernel_size=1, strides=1, **kwargs):
-        """A `ConvBnAct` with this block's padding and BatchNorm settings."""
+    def conv_bn_act(self, name, filters=None, kernel_size=1, strides=1, *, timm, **kwargs):
+        """A `ConvBnAct` with this block's padding and BatchNorm settings.
+
+        `timm`: timm's names of its convolution and BatchNorm in the block.
+        """
         return ConvBnAct(
             filters,
             kernel_size=kernel_size,
@@ -61,6 +68,7 @@ class ResidualBlock(keras.layers.Layer):
             bn_epsilon=self.bn_epsilon,
             bn_momentum=self.bn_momentum,
             name=name,
+            timm_names=timm,
             **kwargs,
         )
 
@@ -83,7 +91,9 @@ class ResidualBlock(keras.layers.Layer):
         self.has_skip = self.residual and strides == 1 and input_shape[-1] == output_channels
         out_shape = tuple(input_shape[:-1]) + (output_channels,)
         if self.layer_scale_init is not None:
-            self.layer_scale = LayerScale(self.layer_scale_init, name="layer_scale")
+            self.layer_scale = declare(
+                LayerScale(self.layer_scale_init, name="layer_scale"), timm="layer_scale"
+            )
             self.layer_scale.build(out_shape)
         if self.has_skip and self.drop_path_rate:
             self.drop_path = StochasticDepth(self.drop_path_rate, name="drop_path")
@@ -107,5 +117,6 @@ class ResidualBlock(keras.layers.Layer):
             layer_scale_init=self.layer_scale_init,
             drop_path_rate=self.drop_path_rate,
             residual=self.residual,
+            reference_names=dict(self.reference_names),
         )
         return config

@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from layers.activations import HardSigmoid, get_activation
+from .activations import HardSigmoid, get_activation
+from .utils import declare
 
 _PACKAGE = "keras_mobilenets"
 GATES = ("hard_sigmoid", "sigmoid")
@@ -28,7 +29,7 @@ class SqueezeExcite(keras.layers.Layer):
         self.reduced_channels = reduced_channels
         self.activation = activation
         self.gate = gate
-        self.reduce = keras.layers.Conv2D(reduced_channels, 1, name="reduce")
+        self.reduce = declare(keras.layers.Conv2D(reduced_channels, 1, name="reduce"), timm="conv_reduce")
         self.act = get_activation(activation, "act")
         self.gate_fn = (
             HardSigmoid(name="gate")
@@ -39,7 +40,7 @@ class SqueezeExcite(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.expand = keras.layers.Conv2D(channels, 1, name="expand")
+        self.expand = declare(keras.layers.Conv2D(channels, 1, name="expand"), timm="conv_expand")
         self.reduce.build((input_shape[0], 1, 1, channels))
         self.expand.build((input_shape[0], 1, 1, self.reduced_channels))
 

@@ -2,8 +2,8 @@
 
 import keras
 
-from layers.residual import ResidualBlock
-from layers.utils import make_divisible
+from .residual import ResidualBlock
+from .utils import make_divisible
 
 _PACKAGE = "keras_mobilenets"
 
@@ -65,8 +65,11 @@ class UniversalInvertedBottleneck(ResidualBlock):
                 kernel_size=self.start_dw_kernel_size,
                 strides=1 if self.middle_dw_kernel_size else self.strides,
                 depthwise=True,
+                timm=("dw_start.conv", "dw_start.bn"),
             )
-        self.expand = self.conv_bn_act("expand", mid, activation=self.activation)
+        self.expand = self.conv_bn_act(
+            "expand", mid, activation=self.activation, timm=("pw_exp.conv", "pw_exp.bn")
+        )
         self.middle_dw = None
         if self.middle_dw_kernel_size:
             self.middle_dw = self.conv_bn_act(
@@ -75,8 +78,11 @@ class UniversalInvertedBottleneck(ResidualBlock):
                 strides=self.strides,
                 depthwise=True,
                 activation=self.activation,
+                timm=("dw_mid.conv", "dw_mid.bn"),
             )
-        self.project = self.conv_bn_act("project", self.filters)
+        self.project = self.conv_bn_act(
+            "project", self.filters, timm=("pw_proj.conv", "pw_proj.bn")
+        )
         self.build_sequence(
             input_shape, [self.start_dw, self.expand, self.middle_dw, self.project]
         )

@@ -6,6 +6,20 @@ from keras import ops
 PADDING_MODES = ("same", "symmetric")
 
 
+def declare(layer, **names):
+    """Record what the reference implementations call `layer`; returns it.
+
+    `declare(layer, timm="conv_pw")`: the weight loaders join the declared
+    names along a layer's path to find its tensors in a reference
+    checkpoint, so a block states its sub-layers' reference names where it
+    creates them. An empty name ("") adds nothing to the path.
+    """
+    merged = dict(getattr(layer, "reference_names", None) or {})
+    merged.update(names)
+    object.__setattr__(layer, "reference_names", merged)
+    return layer
+
+
 def make_divisible(value, divisor=8, min_value=None, round_limit=0.9):
     """Round a channel count to a multiple of `divisor`.
 
@@ -54,10 +68,8 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1):
     to channels-last memory around every convolution, and returns an NCHW
     result that the next layer copies again. PyTorch convolves channels-last
     memory directly when it is handed as an NCHW view, so on torch the input
-    goes in as a transposed view and the output comes back as one: no copies
-    (MobileNetV1 at batch 32 on one thread: a 1x1 conv 64 -> 128 at 112x112
-    took 427 ms with the copies and 112 ms without). Elsewhere this is the
-    plain channels-last op.
+    goes in as a transposed view and the output comes back as one: no copies.
+    Elsewhere this is the plain channels-last op.
     """
     kwargs = dict(strides=strides, padding=padding, dilation_rate=dilation_rate)
     if keras.backend.backend() != "torch":

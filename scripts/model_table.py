@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mobilenet_common import count_macs, feature_pyramid  # noqa: E402
+from keras_mobilenets import count_macs, feature_pyramid  # noqa: E402
 from mobilenet_v1 import VARIANTS as V1  # noqa: E402
 from mobilenet_v1 import create_mobilenetv1
 from mobilenet_v2 import VARIANTS as V2  # noqa: E402
@@ -31,7 +31,7 @@ def rows():
         yield (f'`create_mobilenetv3("{v}", minimalistic=True)`',
                create_mobilenetv3(v, minimalistic=True), 224)
     for v, config in V4.items():
-        yield f'`create_mobilenetv4("{v}")`', create_mobilenetv4(v), config["default_size"]
+        yield f'`create_mobilenetv4("{v}")`', create_mobilenetv4(v), config.arch.default_size
 
 
 def main():

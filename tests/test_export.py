@@ -42,11 +42,11 @@ import numpy as np
 import pytest
 from conftest import BACKEND, max_abs_diff, to_numpy
 
+from keras_mobilenets.weights.assign import leaf_layers
 from mobilenet_v1 import create_mobilenetv1
 from mobilenet_v2 import create_mobilenetv2
 from mobilenet_v3 import create_mobilenetv3
 from mobilenet_v4 import create_mobilenetv4
-from weights.assign import leaf_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64  # small inputs keep the suite fast; every model (V4 hybrids too) handles them
@@ -353,7 +353,7 @@ LOAD_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import keras
     import numpy as np
-    import layers  # registers the custom layers
+    import keras_mobilenets  # registers the custom layers
 
     assert keras.backend.backend() == os.environ["KERAS_BACKEND"]
     folder = sys.argv[2]

@@ -17,13 +17,13 @@ from conftest import (
     to_numpy,
 )
 
-from mobilenet_common import count_macs, feature_pyramid
+from keras_mobilenets import count_macs, feature_pyramid
+from keras_mobilenets.weights import transfer_from_keras_model
+from keras_mobilenets.weights.timm import load_timm_state_dict
 from mobilenet_v1 import create_mobilenetv1
 from mobilenet_v2 import create_mobilenetv2
 from mobilenet_v3 import create_mobilenetv3
 from mobilenet_v4 import create_mobilenetv4
-from weights import transfer_from_keras_model
-from weights.timm import load_timm_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import max_abs_diff, to_numpy
 
-from layers import (
+from keras_mobilenets.layers import (
     GELU,
     ConvBnAct,
     DepthwiseConv,

@@ -13,9 +13,9 @@ from conftest import (
     to_numpy,
 )
 
+from keras_mobilenets.weights import transfer_from_keras_model
 from mobilenet_v1 import create_mobilenetv1
 from mobilenet_v2 import create_mobilenetv2
-from weights import transfer_from_keras_model
 
 # keras.applications 3.15.1 count_params(), 1000 classes (architecture spec §6.2).
 V1_COUNTS = {"1.0": 4_253_864, "0.75": 2_601_976, "0.5": 1_342_536, "0.50": 1_342_536, "0.25": 475_544}
@@ -95,7 +95,7 @@ def test_logits_match_keras_applications(ours_fn, ref_fn, size):
     [("mobilenetv1_100", create_mobilenetv1), ("mobilenetv2_100", create_mobilenetv2)],
 )
 def test_logits_match_timm(timm_name, factory):
-    from weights.timm import load_timm_state_dict
+    from keras_mobilenets.weights.timm import load_timm_state_dict
 
     ref = calibrated_timm_model(timm_name, 128)
     ours = factory(input_shape=(128, 128, 3), style="timm", dropout_rate=0.0,

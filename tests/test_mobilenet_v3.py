@@ -13,9 +13,9 @@ from conftest import (
     to_numpy,
 )
 
+from keras_mobilenets.weights import transfer_from_keras_model
+from keras_mobilenets.weights.timm import load_timm_state_dict
 from mobilenet_v3 import create_mobilenetv3
-from weights import transfer_from_keras_model
-from weights.timm import load_timm_state_dict
 
 KERAS_V3 = {"large": keras.applications.MobileNetV3Large, "small": keras.applications.MobileNetV3Small}
 

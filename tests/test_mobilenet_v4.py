@@ -13,9 +13,9 @@ from conftest import (
     to_numpy,
 )
 
-from layers import MobileMQA
+from keras_mobilenets.layers import MobileMQA
+from keras_mobilenets.weights.timm import load_timm_state_dict
 from mobilenet_v4 import VARIANTS, create_mobilenetv4
-from weights.timm import load_timm_state_dict
 
 # timm 1.0.31 trainable parameters, 1000 classes (architecture spec §6.3).
 TRAINABLE = {
@@ -32,7 +32,7 @@ WIDTH_TRAINABLE = {
     ("hybrid_medium", 0.75): 7_313_528,
     ("hybrid_large", 0.75): 22_754_984,
 }
-DEFAULT_SIZE = {v: c["default_size"] for v, c in VARIANTS.items()}
+DEFAULT_SIZE = {v: spec.arch.default_size for v, spec in VARIANTS.items()}
 
 
 def trainable_count(model):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import to_numpy
 
+from keras_mobilenets.weights import load_file
 from mobilenet_v1 import create_mobilenetv1
 from mobilenet_v2 import create_mobilenetv2
 from mobilenet_v3 import create_mobilenetv3
 from mobilenet_v4 import create_mobilenetv4
-from weights import load_file
 
 SHAPE = (32, 32, 3)
 SMALL = {

@@ -20,14 +20,15 @@ from conftest import (
     to_numpy,
 )
 
+from keras_mobilenets.builder import preprocessing_layer
+from keras_mobilenets.convert import main as convert_main
+from keras_mobilenets.weights import Checkpoint, get_checkpoint, register_checkpoint
 from mobilenet_v1 import create_mobilenetv1
 from mobilenet_v1 import preprocess_input as v1_preprocess
 from mobilenet_v2 import create_mobilenetv2
-from mobilenet_v3 import create_mobilenetv3, preprocessing_layer
+from mobilenet_v3 import create_mobilenetv3
 from mobilenet_v4 import create_mobilenetv4
 from mobilenet_v4 import preprocess_input as v4_preprocess
-from weights import Checkpoint, get_checkpoint, register_checkpoint
-from weights.convert import main as convert_main
 
 SIZE = 96  # small inputs: these tests are about the file formats
 
@@ -160,7 +161,7 @@ def assert_unchanged(model, snapshot):
 
 
 def test_bad_files_raise_and_leave_model_unchanged(ckpt_dir, tmp_path):
-    from weights import load_file
+    from keras_mobilenets.weights import load_file
 
     model = create_mobilenetv4("conv_small", input_shape=(SIZE, SIZE, 3))
     before = weights_snapshot(model)
@@ -194,7 +195,7 @@ def test_mismatch_found_after_partial_match_leaves_model_unchanged(ckpt_dir, tmp
     from safetensors.numpy import load_file as read
     from safetensors.numpy import save_file
 
-    from weights import load_file
+    from keras_mobilenets.weights import load_file
 
     _, good = timm_checkpoint("mobilenetv3_small_100", ckpt_dir)
     state = read(good)

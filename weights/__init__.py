@@ -1,9 +1,9 @@
 """Pretrained weights: the checkpoint registry, loaders and converters."""
 
-from weights.assign import assign_in_order, leaf_layers, transfer_from_keras_model
-from weights.loading import load_file
-from weights.registry import Checkpoint, get_checkpoint, register_checkpoint
-from weights.timm import load_timm_state_dict
+from .assign import assign_in_order, leaf_layers, transfer_from_keras_model
+from .loading import load_file
+from .registry import Checkpoint, get_checkpoint, register_checkpoint
+from .timm import load_timm_state_dict
 
 __all__ = [
     "Checkpoint",

@@ -11,25 +11,26 @@ import numpy as np
 _CONTAINERS = ("Functional", "Model", "Sequential")
 
 
-def leaf_layers(model):
+def leaf_layers(model, chains=False):
     """`(path, layer)` of every layer that owns weights directly, in build order.
 
     Composite blocks are walked depth-first in the order their sub-layers were
     created, which is the order of the reference implementations' modules.
-    `path` is the layer's name path, e.g. `stage1_block0/expand/conv`.
+    `path` is the layer's name path, e.g. `stage1_block0/expand/conv`. With
+    `chains=True` each entry is `(path, [outermost, ..., layer])`.
     """
     out = []
 
-    def walk(layer, prefix):
+    def walk(layer, prefix, chain):
         children = layer._flatten_layers(include_self=False, recursive=False)
         own = [v for v in layer.weights if not any(v is w for c in children for w in c.weights)]
         if own:
-            out.append((prefix, layer))
+            out.append((prefix, chain if chains else layer))
         for child in children:
-            walk(child, f"{prefix}/{child.name}" if prefix else child.name)
+            walk(child, f"{prefix}/{child.name}" if prefix else child.name, chain + [child])
 
     for layer in model.layers:
-        walk(layer, layer.name)
+        walk(layer, layer.name, [layer])
     return out
 
 

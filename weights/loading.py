@@ -5,15 +5,15 @@ import os
 
 import numpy as np
 
-from weights.assign import assign_in_order, leaf_layers
-from weights.registry import (
+from .assign import assign_in_order, leaf_layers
+from .registry import (
     CHECKPOINTS,
     Checkpoint,
     checkpoints_for,
     default_checkpoint,
     get_checkpoint,
 )
-from weights.timm import load_timm_state_dict
+from .timm import load_timm_state_dict
 
 TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 KERAS_SUFFIX = ".weights.h5"

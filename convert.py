@@ -1,7 +1,7 @@
 """Convert a checkpoint (timm or keras.applications) into a `.weights.h5` of ours.
 
 Example:
-    python -m weights.convert --version v4 --variant conv_medium \\
+    keras-mobilenets-convert --version v4 --variant conv_medium \\
         --source mobilenetv4_conv_medium.e500_r256_in1k.safetensors \\
         --output mnv4_conv_medium.weights.h5
 
@@ -13,19 +13,25 @@ backend, without torch or timm.
 import argparse
 import sys
 
+from keras_mobilenets import (
+    create_mobilenetv1,
+    create_mobilenetv2,
+    create_mobilenetv3,
+    create_mobilenetv4,
+)
+
+FACTORIES = {
+    "v1": create_mobilenetv1,
+    "v2": create_mobilenetv2,
+    "v3": create_mobilenetv3,
+    "v4": create_mobilenetv4,
+}
+
 
 def factory(version):
-    if version == "v1":
-        from mobilenet_v1 import create_mobilenetv1 as create
-    elif version == "v2":
-        from mobilenet_v2 import create_mobilenetv2 as create
-    elif version == "v3":
-        from mobilenet_v3 import create_mobilenetv3 as create
-    elif version == "v4":
-        from mobilenet_v4 import create_mobilenetv4 as create
-    else:
-        raise ValueError(f"Unknown version {version!r}; expected one of v1, v2, v3, v4.")
-    return create
+    if version not in FACTORIES:
+        raise ValueError(f"Unknown version {version!r}; expected one of {sorted(FACTORIES)}.")
+    return FACTORIES[version]
 
 
 def convert(version, source, output, variant=None, width=1.0, minimalistic=False,

@@ -1,0 +1,83 @@
+"""Argument checks shared by every factory: each names the bad value and the valid ones."""
+
+import numbers
+
+import keras
+
+# Every MobileNet downsamples by 32; smaller inputs leave nothing to classify
+# and are refused, as keras.applications refuses them.
+MIN_INPUT_SIZE = 32
+POOLINGS = (None, "avg", "max")
+
+
+def check_variant(variant, variants, model_name):
+    key = str(variant) if isinstance(variant, (int, float)) else variant
+    if key not in variants:
+        raise ValueError(
+            f"Unknown {model_name} variant {variant!r}; expected one of {sorted(variants)}."
+        )
+    return variants[key]
+
+
+def check_width(width_multiplier):
+    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, numbers.Real):
+        raise TypeError(
+            f"width_multiplier must be a positive number, got {width_multiplier!r} "
+            f"of type {type(width_multiplier).__name__}."
+        )
+    if not width_multiplier > 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}.")
+    return float(width_multiplier)
+
+
+def check_rate(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
+    return float(value)
+
+
+def check_input_shape(input_shape, weights=None):
+    """Validate `(height, width, channels)`; spatial dims may be None."""
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+        raise ValueError(
+            "input_shape must be (height, width, channels), e.g. (224, 224, 3) "
+            f"or (None, None, 3); got {input_shape!r}."
+        )
+    height, width, channels = input_shape
+    for dim_name, dim in (("height", height), ("width", width)):
+        if dim is None:
+            continue
+        if not isinstance(dim, numbers.Integral) or dim < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"input_shape {dim_name} must be None or an integer >= {MIN_INPUT_SIZE} "
+                f"(the network downsamples by 32); got {dim!r} in {tuple(input_shape)!r}."
+            )
+    if not isinstance(channels, numbers.Integral) or channels < 1:
+        raise ValueError(f"input_shape channels must be a positive integer, got {channels!r}.")
+    if weights is not None and channels != 3:
+        raise ValueError(
+            f"Pretrained weights expect 3 input channels (RGB); got input_shape "
+            f"{tuple(input_shape)!r} with {channels} channels. Use weights=None for "
+            "other channel counts."
+        )
+    return tuple(input_shape)
+
+
+def check_head_args(include_top, num_classes, pooling, classifier_activation):
+    if include_top:
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 1
+        ):
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+        if classifier_activation is not None:
+            try:
+                keras.activations.get(classifier_activation)
+            except (ValueError, TypeError) as e:
+                raise ValueError(
+                    f"Unknown classifier_activation {classifier_activation!r}; use None, "
+                    "'softmax', 'sigmoid' or another keras.activations name or callable."
+                ) from e
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")

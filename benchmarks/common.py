@@ -1,0 +1,109 @@
+"""What the parts of the benchmark share: the models measured, the source that
+builds each, logging and pinning to cores.
+
+Standard library only, so that the driver and ab_keras_apps.py can import it
+before any framework: KERAS_BACKEND and the thread-count variables must be set
+before Keras, TensorFlow or torch load.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+ALL_BACKENDS = KERAS_BACKENDS + ("timm",)
+
+# key -> what to build. `size` is the default resolution (V4: the variant's
+# default_size in mobilenet_v4.VARIANTS, checked by the Keras workers).
+MODELS = {
+    "v1": dict(
+        label="MobileNetV1 1.0",
+        module="mobilenet_v1",
+        factory="create_mobilenetv1",
+        kwargs={"variant": "1.0"},
+        keras_app="MobileNet",
+        timm="mobilenetv1_100",
+        size=224,
+    ),
+    "v2": dict(
+        label="MobileNetV2 1.0",
+        module="mobilenet_v2",
+        factory="create_mobilenetv2",
+        kwargs={"variant": "1.0"},
+        keras_app="MobileNetV2",
+        timm="mobilenetv2_100",
+        size=224,
+    ),
+    "v3_large": dict(
+        label="MobileNetV3 large",
+        module="mobilenet_v3",
+        factory="create_mobilenetv3",
+        kwargs={"variant": "large"},
+        keras_app="MobileNetV3Large",
+        timm="mobilenetv3_large_100",
+        size=224,
+    ),
+    "v3_small": dict(
+        label="MobileNetV3 small",
+        module="mobilenet_v3",
+        factory="create_mobilenetv3",
+        kwargs={"variant": "small"},
+        keras_app="MobileNetV3Small",
+        timm="mobilenetv3_small_100",
+        size=224,
+    ),
+}
+for _variant, _size in (
+    ("conv_small", 224),
+    ("conv_medium", 256),
+    ("conv_large", 384),
+    ("hybrid_medium", 256),
+    ("hybrid_large", 384),
+):
+    MODELS[f"v4_{_variant}"] = dict(
+        label=f"MobileNetV4 {_variant}",
+        module="mobilenet_v4",
+        factory="create_mobilenetv4",
+        kwargs={"variant": _variant},
+        keras_app=None,
+        timm=f"mobilenetv4_{_variant}",
+        size=_size,
+        v4_variant=_variant,
+    )
+
+MODEL_GROUPS = {
+    "all": list(MODELS),
+    "v3": ["v3_large", "v3_small"],
+    "v4": [k for k in MODELS if k.startswith("v4_")],
+}
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def error_text(exc):
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) < 400 else text[:400] + "..."
+
+
+def keras_build_code(spec, impl, input_shape):
+    """Python source defining `build()`, which builds `spec` ("ours" or "keras_apps")."""
+    if impl == "ours":
+        return (f"import {spec['module']} as m; build = lambda: m.{spec['factory']}("
+                f"**{spec['kwargs']!r}, input_shape={input_shape!r}, weights=None)")
+    return (f"import keras; build = lambda: keras.applications.{spec['keras_app']}("
+            f"input_shape={input_shape!r}, weights=None)")
+
+
+def limit_threads(threads):
+    """Pin this process (and the workers, which inherit it) to `threads` cores."""
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[name] = str(threads)
+    return cpus
