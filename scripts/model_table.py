@@ -1,21 +1,23 @@
 """Print the README's variant table: parameters, MACs and feature channels.
 
-    python scripts/model_table.py
+    python scripts/model_table.py [WORD ...]   # only the rows whose call contains a WORD
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-from keras_mobilenets import count_macs, feature_pyramid  # noqa: E402
-from mobilenet_v1 import VARIANTS as V1  # noqa: E402
-from mobilenet_v1 import create_mobilenetv1
-from mobilenet_v2 import VARIANTS as V2  # noqa: E402
-from mobilenet_v2 import create_mobilenetv2
-from mobilenet_v3 import create_mobilenetv3  # noqa: E402
-from mobilenet_v4 import VARIANTS as V4  # noqa: E402
-from mobilenet_v4 import create_mobilenetv4
+from keras_mobilenets import (
+    count_macs,
+    create_mobilenetv1,
+    create_mobilenetv2,
+    create_mobilenetv3,
+    create_mobilenetv4,
+    feature_pyramid,
+)
+from keras_mobilenets.mobilenet_v1 import VARIANTS as V1
+from keras_mobilenets.mobilenet_v2 import VARIANTS as V2
+from keras_mobilenets.mobilenet_v4 import VARIANTS as V4
 
 STRIDES = (2, 4, 8, 16, 32)
 
@@ -30,17 +32,20 @@ def rows():
             yield f'`create_mobilenetv3("{v}", {width})`', create_mobilenetv3(v, width), 224
         yield (f'`create_mobilenetv3("{v}", minimalistic=True)`',
                create_mobilenetv3(v, minimalistic=True), 224)
+        if v == "large":
+            yield '`create_mobilenetv3("large_150d")`', create_mobilenetv3("large_150d"), 224
     for v, config in V4.items():
         yield f'`create_mobilenetv4("{v}")`', create_mobilenetv4(v), config.arch.default_size
 
 
-def main():
+def main(only=None):
     print("| model | input | parameters (`count_params()`) | trainable | MACs | "
           + " | ".join(f"ch @ /{s}" for s in STRIDES) + " |")
     print("|---|---|---:|---:|---:|" + "---:|" * len(STRIDES))
     for label, model, size in rows():
-        trainable = sum(int(w.numpy().size) if hasattr(w, "numpy") else 0
-                        for w in model.trainable_weights)
+        if only and not any(word in label for word in only):
+            continue
+        trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         features = feature_pyramid(model, STRIDES)
         channels = [features.output[f"stride_{s}"].shape[-1] for s in STRIDES]
         print(f"| {label} | {size} | {model.count_params():,} | {trainable:,} | "
@@ -48,4 +53,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

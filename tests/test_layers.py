@@ -1,9 +1,11 @@
 """The building blocks on their own: formulas, padding, shapes, serialization."""
 
+import importlib
+
 import keras
 import numpy as np
 import pytest
-from conftest import max_abs_diff, to_numpy
+from conftest import BACKEND, max_abs_diff, to_numpy
 
 from keras_mobilenets.layers import (
     GELU,
@@ -300,11 +302,52 @@ def test_depthwise_shift_and_add_steps_like_the_convolution(kernel_size, strides
         assert max_abs_diff(b, w) > 1e-3  # the step moved every weight
         assert max_abs_diff(a, b) < 1e-5
 
-def test_depthwise_auto_is_shift_only_for_jax_on_cpu():
-    layer = DepthwiseConv(3)
-    layer.build((1, 8, 8, 4))
-    jax = keras.backend.backend() == "jax"
-    on_cpu = jax and keras.distribution.list_devices()[0].startswith("cpu")
-    assert layer._use_shift() == (jax and on_cpu)
+def _jax_devices_are_cpus():
+    if BACKEND != "jax":
+        return False
+    import jax
+
+    return jax.devices()[0].platform == "cpu"
+
+
+@pytest.mark.parametrize(
+    "implementation, kwargs, expected",
+    [
+        # "auto": shift-and-add only on JAX with CPU devices, as documented.
+        ("auto", {}, "shift" if _jax_devices_are_cpus() else "conv"),
+        ("conv", {}, "conv"),
+        ("shift", {}, "shift"),
+        # The shifted sum handles neither depth multipliers nor dilation.
+        ("shift", {"depth_multiplier": 2}, "conv"),
+        ("shift", {"dilation_rate": 2}, "conv"),
+    ],
+    ids=["auto", "conv", "shift", "shift_multiplier_2", "shift_dilated"],
+)
+def test_depthwise_runs_the_chosen_implementation(implementation, kwargs, expected, monkeypatch):
+    """Which code path a call really takes, seen by wrapping both paths of
+    the layer's module (not by re-deriving `_use_shift`)."""
+    module = importlib.import_module(DepthwiseConv.__module__)
+    calls = []
+
+    def spy(name, fn):
+        def wrapped(*args, **kw):
+            calls.append(name)
+            return fn(*args, **kw)
+
+        monkeypatch.setattr(module, fn.__name__, wrapped)
+
+    spy("conv", module.conv_nhwc)
+    spy("shift", module._shift_depthwise)
+    spy("shift", module._shifted_sum)
+    layer = DepthwiseConv(3, padding="same", implementation=implementation, **kwargs)
+    x = np.random.default_rng(0).normal(size=(1, 8, 8, 4)).astype("float32")
+    layer.build(x.shape)
+    calls.clear()  # shape inference while building may take either path
+    y = to_numpy(layer(x))
+    assert calls and set(calls) == {expected}, calls
+    assert y.shape == (1, 8, 8, 4 * kwargs.get("depth_multiplier", 1))
+
+
+def test_depthwise_rejects_unknown_implementation():
     with pytest.raises(ValueError, match="'fft'"):
         DepthwiseConv(3, implementation="fft")
