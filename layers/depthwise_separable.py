@@ -71,14 +71,6 @@ class DepthwiseSeparableConv(ResidualBlock):
         self.build_sequence(input_shape, [self.depthwise, self.se, self.pointwise])
         self.build_skip(input_shape, self.filters, self.strides)
 
-    def call(self, x, training=None):
-        shortcut = x
-        x = self.depthwise(x, training=training)
-        if self.se is not None:
-            x = self.se(x)
-        x = self.pointwise(x, training=training)
-        return self.finish(x, shortcut, training)
-
     def get_config(self):
         config = super().get_config()
         config.update(

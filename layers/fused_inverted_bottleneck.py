@@ -40,12 +40,6 @@ class FusedInvertedBottleneck(ResidualBlock):
         self.build_sequence(input_shape, [self.expand, self.project])
         self.build_skip(input_shape, self.filters, self.strides)
 
-    def call(self, x, training=None):
-        shortcut = x
-        x = self.expand(x, training=training)
-        x = self.project(x, training=training)
-        return self.finish(x, shortcut, training)
-
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -58,15 +58,6 @@ class InvertedResidual(ResidualBlock):
         self.build_sequence(input_shape, [self.expand, self.depthwise, self.se, self.project])
         self.build_skip(input_shape, self.filters, self.strides)
 
-    def call(self, x, training=None):
-        shortcut = x
-        x = self.expand(x, training=training)
-        x = self.depthwise(x, training=training)
-        if self.se is not None:
-            x = self.se(x)
-        x = self.project(x, training=training)
-        return self.finish(x, shortcut, training)
-
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -74,8 +74,8 @@ class MobileMQA(ResidualBlock):
         self.output_proj = self._projection(channels, "output", "attn.output.proj")
         self.norm.build(input_shape)
         self.query.build(input_shape)
-        self.build_sequence(input_shape, [self.key_down, self.key])
-        self.build_sequence(input_shape, [self.value_down, self.value])
+        self.build_sequence(input_shape, [self.key_down, self.key], main=False)
+        self.build_sequence(input_shape, [self.value_down, self.value], main=False)
         self.output_proj.build(tuple(input_shape[:-1]) + (self.num_heads * self.value_dim,))
         self.build_skip(input_shape, channels, 1)
 

@@ -14,8 +14,10 @@ class ResidualBlock(keras.layers.Layer):
     Holds the settings every block shares and applies the optional layer
     scale, stochastic depth and residual addition at the end of a block.
     Subclasses create their convolutions with `self.conv_bn_act(...)` in
-    `build()` (where the input channel count is known) and finish `call()`
-    with `self.finish(x, shortcut, training)`.
+    `build()` (where the input channel count is known) and hand them, in
+    order, to `build_sequence`; the shared `call()` runs that sequence and
+    `finish` (layer scale, drop path, skip). Blocks that are not a plain
+    sequence (attention) override `call()` and end with `finish`.
 
     Args:
         activation: activation of the block's non-linear convolutions.
@@ -72,19 +74,28 @@ class ResidualBlock(keras.layers.Layer):
             **kwargs,
         )
 
-    @staticmethod
-    def build_sequence(input_shape, sublayers):
+    def build_sequence(self, input_shape, sublayers, main=True):
         """Build `sublayers` (None entries skipped) one after the other.
 
         Keras needs every child's state created in the parent's `build()` so
         that saved models reload; returns the output shape of the last one.
+        With `main=True` they are the block's branch that `call()` runs.
         """
         shape = tuple(input_shape)
-        for layer in sublayers:
-            if layer is not None:
-                layer.build(shape)
-                shape = tuple(layer.compute_output_shape(shape))
+        present = tuple(layer for layer in sublayers if layer is not None)
+        for layer in present:
+            layer.build(shape)
+            shape = tuple(layer.compute_output_shape(shape))
+        if main:
+            # Not tracked: the sub-layers are already attributes of the block.
+            object.__setattr__(self, "_sequence", present)
         return shape
+
+    def call(self, x, training=None):
+        shortcut = x
+        for layer in self._sequence:
+            x = layer(x, training=training)
+        return self.finish(x, shortcut, training)
 
     def build_skip(self, input_shape, output_channels, strides):
         """Create the layer scale and drop path once the shapes are known."""

@@ -88,16 +88,6 @@ class UniversalInvertedBottleneck(ResidualBlock):
         )
         self.build_skip(input_shape, self.filters, self.strides)
 
-    def call(self, x, training=None):
-        shortcut = x
-        if self.start_dw is not None:
-            x = self.start_dw(x, training=training)
-        x = self.expand(x, training=training)
-        if self.middle_dw is not None:
-            x = self.middle_dw(x, training=training)
-        x = self.project(x, training=training)
-        return self.finish(x, shortcut, training)
-
     def get_config(self):
         config = super().get_config()
         config.update(

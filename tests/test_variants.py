@@ -13,6 +13,7 @@ from conftest import assert_matches_reference, calibrated_timm_model, random_ima
 from keras_mobilenets import create_mobilenetv2, create_mobilenetv3
 from keras_mobilenets.builder import IR, scale_depth, stages_of
 from keras_mobilenets.weights import load_timm_state_dict
+from keras_mobilenets.weights.registry import default_checkpoint
 from mobilenet_v2 import VARIANTS as V2
 from mobilenet_v3 import VARIANTS as V3
 
@@ -66,6 +67,16 @@ def test_deep_variants_stage_depths():
     # 110d keeps the first and last stages; 150d scales the last conv too.
     assert [len(s) for s in stages_of(V2["110d"])] == [1, 3, 4, 5, 4, 4, 1]
     assert [len(s) for s in stages_of(V3["large_150d"])] == [2, 3, 4, 5, 3, 4, 2]
+
+
+@pytest.mark.parametrize("timm_name", list(ROWS))
+def test_imagenet_weights_resolve_to_the_timm_checkpoint(timm_name):
+    factory, variant, _ = ROWS[timm_name]
+    spec = (V2 if factory is create_mobilenetv2 else V3)[variant]
+    version = "v2" if factory is create_mobilenetv2 else "v3"
+    checkpoint = default_checkpoint(version, variant, spec.width, False, "timm")
+    assert checkpoint.name.startswith(f"timm/{timm_name}.")
+    assert checkpoint.url.startswith(f"https://huggingface.co/timm/{timm_name}.")
 
 
 def test_deep_variants_default_to_timm_style():
