@@ -410,7 +410,7 @@ def build_model(
     variant,
     *,
     width_multiplier=1.0,
-    num_classes=1000,
+    num_classes=None,
     input_shape=None,
     include_top=True,
     pooling=None,
@@ -430,6 +430,8 @@ def build_model(
         model_name: "MobileNetV1" ... for error messages.
         variants: the version's `VARIANTS` table, name -> `Variant`.
         variant: the name asked for.
+        num_classes: None for 1000, or the class count of the checkpoint
+            named by `weights`.
         The others: as the factories document them; `depth_multiplier` is
         the depthwise channel multiplier (MobileNetV1), `minimalistic` and
         `include_preprocessing` are MobileNetV3's.
@@ -444,7 +446,8 @@ def build_model(
     if input_shape is None:
         input_shape = (arch.default_size, arch.default_size, 3)
     input_shape = check_input_shape(input_shape, weights)
-    check_head_args(include_top, num_classes, pooling, classifier_activation)
+    check_head_args(include_top, 1000 if num_classes is None else num_classes, pooling,
+                    classifier_activation)
     dropout_rate = check_rate("dropout_rate", dropout_rate)
     drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
     if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) or depth_multiplier < 1:
@@ -459,6 +462,8 @@ def build_model(
         spec.style or arch.default_style, include_top, num_classes, input_shape[0],
     )
     style = Style.get(style_name, arch.keras_momentum, arch.keras_rounding)
+    if num_classes is None:
+        num_classes = getattr(source, "num_classes", 1000)
 
     stem_rule = "fixed" if spec.fixed_stem_head else arch.stem_rule
     stem = style.rule(stem_rule, arch.stem, width)

@@ -35,7 +35,7 @@ def factory(version):
 
 
 def convert(version, source, output, variant=None, width=1.0, minimalistic=False,
-            style=None, include_top=True, num_classes=1000):
+            style=None, include_top=True, num_classes=None):
     """Build the model with `weights=source` and save its weights to `output`."""
     if not output.endswith(".weights.h5"):
         raise ValueError(f"output must end in '.weights.h5', got {output!r}.")
@@ -62,7 +62,8 @@ def main(argv=None):
     parser.add_argument("--minimalistic", action="store_true")
     parser.add_argument("--style", choices=["keras", "timm"], default=None)
     parser.add_argument("--no-top", action="store_true", help="drop the classifier")
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="default: 1000, or the named checkpoint's class count")
     args = parser.parse_args(argv)
     model = convert(args.version, args.source, args.output, args.variant, args.width,
                     args.minimalistic, args.style, not args.no_top, args.num_classes)

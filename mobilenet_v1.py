@@ -46,7 +46,7 @@ def create_mobilenetv1(
     variant="1.0",
     width_multiplier=1.0,
     depth_multiplier=1,
-    num_classes=1000,
+    num_classes=None,
     input_shape=(224, 224, 3),
     include_top=True,
     pooling=None,
@@ -64,7 +64,8 @@ def create_mobilenetv1(
             width is `variant * width_multiplier` (the paper's alpha).
         depth_multiplier: channel multiplier of the depthwise convolutions
             (keras.applications' `depth_multiplier`). Pretrained weights need 1.
-        num_classes: classifier width when `include_top=True`.
+        num_classes: classifier width when `include_top=True`; default 1000,
+            or the class count of the checkpoint named by `weights`.
         input_shape: `(height, width, channels)`; spatial dims may be None.
         include_top: end with pooling, dropout and the classifier.
         pooling: with `include_top=False`: None (4D feature map), "avg" or "max".

@@ -56,7 +56,7 @@ preprocess_input = preprocess_for(ARCH.default_mean, ARCH.default_std)
 def create_mobilenetv2(
     variant="1.0",
     width_multiplier=1.0,
-    num_classes=1000,
+    num_classes=None,
     input_shape=(224, 224, 3),
     include_top=True,
     pooling=None,
@@ -76,7 +76,8 @@ def create_mobilenetv2(
         width_multiplier: further scales every layer's width; the effective
             width is `variant * width_multiplier`. The 1280-channel last conv
             grows with widths above 1 and never shrinks.
-        num_classes: classifier width when `include_top=True`.
+        num_classes: classifier width when `include_top=True`; default 1000,
+            or the class count of the checkpoint named by `weights`.
         input_shape: `(height, width, channels)`; spatial dims may be None.
         include_top: end with pooling, dropout and the classifier.
         pooling: with `include_top=False`: None (4D feature map), "avg" or "max".

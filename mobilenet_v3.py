@@ -72,7 +72,7 @@ def create_mobilenetv3(
     width_multiplier=1.0,
     minimalistic=False,
     include_preprocessing=True,
-    num_classes=1000,
+    num_classes=None,
     input_shape=(224, 224, 3),
     include_top=True,
     pooling=None,
@@ -94,7 +94,8 @@ def create_mobilenetv3(
             inputs: to [-1, 1] as keras.applications does, or with the
             mean/std of the named checkpoint when `weights` is one. With
             False the model expects inputs already normalised.
-        num_classes: classifier width when `include_top=True`.
+        num_classes: classifier width when `include_top=True`; default 1000,
+            or the class count of the checkpoint named by `weights`.
         input_shape: `(height, width, channels)`; spatial dims may be None.
         include_top: add pooling, the 1280/1024 head conv, dropout and the
             classifier. Without it the output is the 960/576-channel feature

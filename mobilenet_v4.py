@@ -132,7 +132,7 @@ preprocess_input = preprocess_for(IMAGENET_MEAN, IMAGENET_STD)
 def create_mobilenetv4(
     variant="conv_small",
     width_multiplier=1.0,
-    num_classes=1000,
+    num_classes=None,
     input_shape=None,
     include_top=True,
     pooling=None,
@@ -151,7 +151,8 @@ def create_mobilenetv4(
         width_multiplier: scales the width of every block and of the 960
             conv (rounded with `make_divisible`); the stem is kept for widths
             below 1, the 1280 head and the attention heads never scale.
-        num_classes: classifier width when `include_top=True`.
+        num_classes: classifier width when `include_top=True`; default 1000,
+            or the class count of the checkpoint named by `weights`.
         input_shape: `(height, width, channels)`; spatial dims may be None.
             Defaults to the variant's resolution (224 conv_small, 256
             conv_medium / hybrid_medium, 384 conv_large / hybrid_large).

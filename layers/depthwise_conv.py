@@ -39,10 +39,10 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
 
     Differentiating the shifted sum directly makes XLA's CPU backend
     materialise one input-sized product per tap for the kernel gradient (25
-    of them for a 5x5 kernel: 2.8 GB of temporaries for a (8, 96, 96, 384)
-    input, and 1.0 s for the step). Here the backward pass keeps only `x`
-    and loops over the taps with `ops.fori_loop`, so each tap's kernel gradient
-    and input-gradient contribution is one fused pass (0.36 GB, 0.51 s).
+    of them for a 5x5 kernel). Here the backward pass keeps only `x` and
+    loops over the taps with `ops.fori_loop`, so each tap's kernel gradient
+    and input-gradient contribution is one fused pass (the memory and time
+    saved are measured in `benchmarks/README.md`).
     Needs static spatial sizes (always the case under JAX).
     """
     (kh, kw, channels), (out_h, out_w), (sh, sw) = kernel.shape, out_hw, strides
@@ -98,11 +98,10 @@ class DepthwiseConv(keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` with a choice of how it is computed.
 
     XLA's CPU backend runs grouped convolutions (what depthwise convs lower
-    to) far slower than TensorFlow or PyTorch: a 3x3 depthwise conv over a
-    (32, 56, 56, 144) tensor took 1189 ms with `lax.conv_general_dilated` and
-    133 ms as the sum of 9 shifted, per-channel-scaled copies of the input,
-    which XLA fuses into one loop. The two agree to float32 rounding (max
-    difference 3e-6 there). Weights, shapes and saved files are those of
+    to) far slower than TensorFlow or PyTorch, and far slower than the sum of
+    `k*k` shifted, per-channel-scaled copies of the input, which XLA fuses
+    into one loop (`benchmarks/README.md` has the figures). The two agree to
+    float32 rounding. Weights, shapes and saved files are those of
     `DepthwiseConv2D` whatever the implementation. The "conv" form goes
     through `layers.utils.conv_nhwc`, which spares the torch backend its
     layout copies.

@@ -45,7 +45,8 @@ def resolve_weights(weights, arch, style, default_style, include_top, num_classe
         arch: `(version, variant, width, minimalistic)` of the model.
         style: the style the user asked for, or None.
         default_style: the version's default style.
-        include_top, num_classes: the requested head.
+        include_top, num_classes: the requested head (`num_classes=None`: the
+            checkpoint's own).
         input_size: input height, to pick keras.applications' per-size files.
 
     Returns:
@@ -90,7 +91,7 @@ def resolve_weights(weights, arch, style, default_style, include_top, num_classe
         fmt = _file_format(weights)
         file_style = {"timm": "timm", "keras": "keras"}.get(fmt, default_style)
         return weights, style or file_style
-    if include_top and num_classes != source.num_classes:
+    if include_top and num_classes is not None and num_classes != source.num_classes:
         raise ValueError(
             f"Checkpoint {source.name!r} has a {source.num_classes}-class classifier but "
             f"num_classes={num_classes}. Pass num_classes={source.num_classes}, or "
