@@ -14,6 +14,7 @@ from keras_mobilenets.mobilenet_v1 import create_mobilenetv1
 from keras_mobilenets.mobilenet_v2 import create_mobilenetv2
 from keras_mobilenets.mobilenet_v3 import create_mobilenetv3
 from keras_mobilenets.mobilenet_v4 import create_mobilenetv4
+from keras_mobilenets.mobilenet_v5 import create_mobilenetv5
 
 __version__ = "0.2.0"
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "create_mobilenetv2",
     "create_mobilenetv3",
     "create_mobilenetv4",
+    "create_mobilenetv5",
     "feature_pyramid",
     "layers",
     "weights",

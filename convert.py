@@ -1,4 +1,4 @@
-"""Convert a checkpoint (timm or keras.applications) into a `.weights.h5` of ours.
+"""Convert a checkpoint (timm, torchvision or keras.applications) into a `.weights.h5` of ours.
 
 Example:
     keras-mobilenets-convert --version v4 --variant conv_medium \\
@@ -18,13 +18,16 @@ from keras_mobilenets import (
     create_mobilenetv2,
     create_mobilenetv3,
     create_mobilenetv4,
+    create_mobilenetv5,
 )
+from keras_mobilenets.builder import STYLE_NAMES
 
 FACTORIES = {
     "v1": create_mobilenetv1,
     "v2": create_mobilenetv2,
     "v3": create_mobilenetv3,
     "v4": create_mobilenetv4,
+    "v5": create_mobilenetv5,
 }
 
 
@@ -53,14 +56,14 @@ def convert(version, source, output, variant=None, width=1.0, minimalistic=False
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--version", required=True, choices=["v1", "v2", "v3", "v4"])
+    parser.add_argument("--version", required=True, choices=sorted(FACTORIES))
     parser.add_argument("--source", required=True,
                         help="checkpoint file (.safetensors/.pth/.h5) or registry name")
     parser.add_argument("--output", required=True, help="destination .weights.h5")
     parser.add_argument("--variant", default=None)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--minimalistic", action="store_true")
-    parser.add_argument("--style", choices=["keras", "timm"], default=None)
+    parser.add_argument("--style", choices=list(STYLE_NAMES), default=None)
     parser.add_argument("--no-top", action="store_true", help="drop the classifier")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="default: 1000, or the named checkpoint's class count")

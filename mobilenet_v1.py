@@ -9,6 +9,8 @@ Example:
     >>> model = create_mobilenetv1(variant="0.5", num_classes=10, input_shape=(96, 96, 3))
 """
 
+import dataclasses
+
 from keras_mobilenets.builder import DS, Architecture, Head, Variant, build_model
 from keras_mobilenets.features import count_macs, feature_pyramid, preprocess_for
 
@@ -37,6 +39,11 @@ VARIANTS = {
     "0.5": Variant(ARCH, 0.5, by_width=True),
     "0.50": Variant(ARCH, 0.5, by_width=True),
     "0.25": Variant(ARCH, 0.25, by_width=True),
+    # timm's mobilenetv1_100h: a 1024-channel conv -> BN -> act before pooling.
+    "100h": Variant(
+        dataclasses.replace(ARCH, head=Head(features=1024, rule="grow")), style="timm",
+        name_format="mobilenetv1_{variant}{multiplier}",
+    ),
 }
 
 preprocess_input = preprocess_for(ARCH.default_mean, ARCH.default_std)
@@ -59,7 +66,9 @@ def create_mobilenetv1(
     """Build a MobileNetV1 as a functional `keras.Model`.
 
     Args:
-        variant: published width, one of "1.0", "0.75", "0.5" ("0.50"), "0.25".
+        variant: published width, one of "1.0", "0.75", "0.5" ("0.50"), "0.25";
+            or timm's "100h" (width 1.0 with a 1024-channel head conv; default
+            style "timm").
         width_multiplier: further scales every layer's width; the effective
             width is `variant * width_multiplier` (the paper's alpha).
         depth_multiplier: channel multiplier of the depthwise convolutions

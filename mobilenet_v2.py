@@ -9,7 +9,15 @@ Example:
     >>> model = create_mobilenetv2(variant="1.0", width_multiplier=0.75)
 """
 
-from keras_mobilenets.builder import DS, IR, Architecture, Head, Variant, build_model
+from keras_mobilenets.builder import (
+    DS,
+    IR,
+    Architecture,
+    Head,
+    TorchvisionLayout,
+    Variant,
+    build_model,
+)
 from keras_mobilenets.features import count_macs, feature_pyramid, preprocess_for
 
 __all__ = ["create_mobilenetv2", "count_macs", "feature_pyramid", "preprocess_input"]
@@ -34,6 +42,8 @@ ARCH = Architecture(
     keras_momentum=0.999,
     keras_rounding="truncate_divisible",
     name_format="mobilenetv2_{width:g}",
+    # torchvision.models.mobilenet_v2: PyTorch's default BatchNorm.
+    torchvision=TorchvisionLayout("conv", "classifier.1", bare_linear=True),
 )
 # timm's deeper variants: depth scaled, stem, head and first/last stages fixed.
 _DEEP = dict(fixed_stem_head=True, style="timm", name_format="mobilenetv2_{variant}{multiplier}")
@@ -85,11 +95,14 @@ def create_mobilenetv2(
         classifier_activation: activation of the output, or None for logits.
         weights: None (random init), "imagenet" (keras.applications weights
             for the input size, or timm's with `style="timm"`), a checkpoint
-            name from `keras_mobilenets.weights.registry`, or a file path
-            (`.weights.h5`, keras.applications `.h5`, timm `.safetensors`/`.pth`).
-        style: "keras" (TF SAME padding, BN eps 1e-3 / momentum 0.999) or
-            "timm" (symmetric padding, BN eps 1e-5). Default: what the
-            weights need, else the variant's ("keras", "timm" for 110d/120d).
+            name from `keras_mobilenets.weights.registry` (torchvision's
+            `torchvision/mobilenet_v2.IMAGENET1K_V1` / `_V2` included), or a
+            file path (`.weights.h5`, keras.applications `.h5`, timm or
+            torchvision `.safetensors`/`.pth`).
+        style: "keras" (TF SAME padding, BN eps 1e-3 / momentum 0.999),
+            "timm" (symmetric padding, BN eps 1e-5) or "torchvision" (as
+            timm). Default: what the weights need, else the variant's
+            ("keras", "timm" for 110d/120d).
         name: model name; defaults to `mobilenetv2_<width>` (`mobilenetv2_110d`).
 
     Returns:

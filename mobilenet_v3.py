@@ -9,7 +9,18 @@ Example:
     >>> model = create_mobilenetv3(variant="small", num_classes=10, input_shape=(32, 32, 3))
 """
 
-from keras_mobilenets.builder import DS, IR, Architecture, Conv, Head, Variant, build_model
+import dataclasses
+
+from keras_mobilenets.builder import (
+    DS,
+    IR,
+    Architecture,
+    Conv,
+    Head,
+    TorchvisionLayout,
+    Variant,
+    build_model,
+)
 from keras_mobilenets.features import count_macs, feature_pyramid
 
 __all__ = ["create_mobilenetv3", "count_macs", "feature_pyramid", "preprocess_input"]
@@ -26,6 +37,10 @@ _COMMON = dict(
     activation="hard_swish",
     in_model_preprocessing=True,
     keras_momentum=0.999,
+    # torchvision.models.mobilenet_v3_*: BatchNorm eps 1e-3, momentum 0.01.
+    torchvision=TorchvisionLayout(
+        "block", "classifier.3", head="classifier.0", bn_epsilon=1e-3, bn_momentum=0.99
+    ),
 )
 
 # The paper's Tables 1 and 2, one list per stage (timm's `blocks.<stage>`).
@@ -57,12 +72,25 @@ SMALL = Architecture(
     **_COMMON,
 )
 
+# timm's mobilenetv3_rw: no skip in the first block, squeeze-excite widths
+# not rounded to 8 and with the block's activation, no bias in the head conv.
+RW = dataclasses.replace(
+    LARGE,
+    stages=[[DS(16, act=RE, noskip=True)]] + LARGE.stages[1:],
+    head=Head(hidden=1280, hidden_bias=False),
+    se_activation=None,
+    se_rounding="round",
+)
+
 VARIANTS = {
     "large": Variant(LARGE),
     "small": Variant(SMALL),
     # timm: width 1.5, depth 1.2 (the last stage too: two 1440-wide convs).
     "large_150d": Variant(
         LARGE, 1.5, depth=1.2, style="timm", name_format="mobilenetv3_{variant}{multiplier}"
+    ),
+    "rw": Variant(
+        RW, style="timm", timm_bn_epsilon=1e-3, name_format="mobilenetv3_{variant}{multiplier}"
     ),
 }
 
@@ -86,7 +114,7 @@ def create_mobilenetv3(
 
     Args:
         variant: "large", "small", or timm's "large_150d" (width 1.5, depth
-            x1.2; default style "timm").
+            x1.2) and "rw" (`mobilenetv3_rw`), whose default style is "timm".
         width_multiplier: scales the width of every block (keras' `alpha`);
             published widths are 1.0 and 0.75.
         minimalistic: 3x3 kernels only, no squeeze-excite, ReLU only.
@@ -106,12 +134,17 @@ def create_mobilenetv3(
         weights: None (random init), "imagenet" (keras.applications weights,
             or timm's with `style="timm"`), a checkpoint name from
             `keras_mobilenets.weights.registry` (timm's `mobilenetv3_*` and
-            `tf_mobilenetv3_*` included), or a file path (`.weights.h5`,
-            keras.applications `.h5`, timm `.safetensors`/`.pth`).
+            `tf_mobilenetv3_*`, torchvision's `torchvision/mobilenet_v3_*`
+            included), a file path (`.weights.h5`, keras.applications `.h5`,
+            timm or torchvision `.safetensors`/`.pth`), or a
+            keras-hub MobileNetV3 preset directory (its variant and width;
+            style "timm").
         style: "keras" (TF SAME padding, BN eps 1e-3, stem fixed at 16,
             head scaled only above width 1) or "timm" (symmetric padding,
-            BN eps 1e-5, stem scaled unless width < 0.75, head never scaled).
-            Default: what the weights need, else the variant's.
+            BN eps 1e-5, stem scaled unless width < 0.75, head never scaled)
+            or "torchvision" (timm's widths, BN eps 1e-3; inputs normalised
+            with ImageNet's mean/std). Default: what the weights need, else
+            the variant's.
         name: model name; defaults to `mobilenetv3_<variant>_<width>`.
 
     Returns:

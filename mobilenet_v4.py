@@ -41,89 +41,104 @@ def _arch(stem, activation, layer_scale, default_size, stages):
 
 # One list per stage (timm's `blocks.<stage>`); UIB(filters, start_dw_kernel,
 # middle_dw_kernel, expansion, stride), 0 = no such depthwise conv.
+CONV_SMALL = _arch(
+    stem=32,
+    activation="relu",
+    layer_scale=None,
+    default_size=224,
+    stages=[
+        [Conv(32, 3, stride=2), Conv(32, 1)],
+        [Conv(96, 3, stride=2), Conv(64, 1)],
+        [UIB(96, 5, 5, 3, stride=2), UIB(96, 0, 3, 2, repeats=4), UIB(96, 3, 0, 4)],
+        [UIB(128, 3, 3, 6, stride=2), UIB(128, 5, 5, 4), UIB(128, 0, 5, 4), UIB(128, 0, 5, 3),
+         UIB(128, 0, 3, 4, repeats=2)],
+        [Conv(960)],
+    ],
+)
+
+CONV_MEDIUM = _arch(
+    stem=32,
+    activation="relu",
+    layer_scale=None,
+    default_size=256,
+    stages=[
+        [Fused(48)],
+        [UIB(80, 3, 5, 4, stride=2), UIB(80, 3, 3, 2)],
+        [UIB(160, 3, 5, 6, stride=2), UIB(160, 3, 3, 4, repeats=2), UIB(160, 3, 5, 4),
+         UIB(160, 3, 3, 4), UIB(160, 3, 0, 4), UIB(160, 0, 0, 2), UIB(160, 3, 0, 4)],
+        [UIB(256, 5, 5, 6, stride=2), UIB(256, 5, 5, 4), UIB(256, 3, 5, 4, repeats=2),
+         UIB(256, 0, 0, 4), UIB(256, 3, 0, 4), UIB(256, 3, 5, 2), UIB(256, 5, 5, 4),
+         UIB(256, 0, 0, 4, repeats=2), UIB(256, 5, 0, 2)],
+        [Conv(960)],
+    ],
+)
+
+CONV_LARGE = _arch(
+    stem=24,
+    activation="relu",
+    layer_scale=None,
+    default_size=384,
+    stages=[
+        [Fused(48)],
+        [UIB(96, 3, 5, 4, stride=2), UIB(96, 3, 3, 4)],
+        [UIB(192, 3, 5, 4, stride=2), UIB(192, 3, 3, 4, repeats=3), UIB(192, 3, 5, 4),
+         UIB(192, 5, 3, 4, repeats=5), UIB(192, 3, 0, 4)],
+        [UIB(512, 5, 5, 4, stride=2, repeats=4), UIB(512, 5, 0, 4), UIB(512, 5, 3, 4),
+         UIB(512, 5, 0, 4, repeats=2), UIB(512, 5, 3, 4), UIB(512, 5, 5, 4),
+         UIB(512, 5, 0, 4, repeats=3)],
+        [Conv(960)],
+    ],
+)
+
+HYBRID_MEDIUM = _arch(
+    stem=32,
+    activation="relu",
+    layer_scale=1e-5,
+    default_size=256,
+    stages=[
+        [Fused(48)],
+        [UIB(80, 3, 5, 4, stride=2), UIB(80, 3, 3, 2)],
+        [UIB(160, 3, 5, 6, stride=2), UIB(160, 0, 0, 2), UIB(160, 3, 3, 4), UIB(160, 3, 5, 4),
+         _MQA_M16, UIB(160, 3, 3, 4), _MQA_M16, UIB(160, 3, 0, 4), _MQA_M16,
+         UIB(160, 3, 3, 4), _MQA_M16, UIB(160, 3, 0, 4)],
+        [UIB(256, 5, 5, 6, stride=2), UIB(256, 5, 5, 4), UIB(256, 3, 5, 4, repeats=2),
+         UIB(256, 0, 0, 2), UIB(256, 3, 5, 2), UIB(256, 0, 0, 2), UIB(256, 0, 0, 4),
+         _MQA_M32, UIB(256, 3, 0, 4), _MQA_M32, UIB(256, 5, 5, 4), _MQA_M32,
+         UIB(256, 5, 0, 4), _MQA_M32, UIB(256, 5, 0, 4)],
+        [Conv(960)],
+    ],
+)
+
+HYBRID_LARGE = _arch(
+    stem=24,
+    activation="gelu",
+    layer_scale=1e-5,
+    default_size=384,
+    stages=[
+        [Fused(48)],
+        [UIB(96, 3, 5, 4, stride=2), UIB(96, 3, 3, 4)],
+        [UIB(192, 3, 5, 4, stride=2), UIB(192, 3, 3, 4, repeats=3), UIB(192, 3, 5, 4),
+         UIB(192, 5, 3, 4, repeats=2), _MQA_L16, UIB(192, 5, 3, 4), _MQA_L16,
+         UIB(192, 5, 3, 4), _MQA_L16, UIB(192, 5, 3, 4), _MQA_L16, UIB(192, 3, 0, 4)],
+        [UIB(512, 5, 5, 4, stride=2, repeats=4), UIB(512, 5, 0, 4), UIB(512, 5, 3, 4),
+         UIB(512, 5, 0, 4, repeats=2), UIB(512, 5, 3, 4), UIB(512, 5, 5, 4),
+         _MQA_L32, UIB(512, 5, 0, 4), _MQA_L32, UIB(512, 5, 0, 4), _MQA_L32,
+         UIB(512, 5, 0, 4), _MQA_L32, UIB(512, 5, 0, 4)],
+        [Conv(960)],
+    ],
+)
+
 VARIANTS = {
-    "conv_small": Variant(_arch(
-        stem=32,
-        activation="relu",
-        layer_scale=None,
-        default_size=224,
-        stages=[
-            [Conv(32, 3, stride=2), Conv(32, 1)],
-            [Conv(96, 3, stride=2), Conv(64, 1)],
-            [UIB(96, 5, 5, 3, stride=2), UIB(96, 0, 3, 2, repeats=4), UIB(96, 3, 0, 4)],
-            [UIB(128, 3, 3, 6, stride=2), UIB(128, 5, 5, 4), UIB(128, 0, 5, 4), UIB(128, 0, 5, 3),
-             UIB(128, 0, 3, 4, repeats=2)],
-            [Conv(960)],
-        ],
-    )),
-    "conv_medium": Variant(_arch(
-        stem=32,
-        activation="relu",
-        layer_scale=None,
-        default_size=256,
-        stages=[
-            [Fused(48)],
-            [UIB(80, 3, 5, 4, stride=2), UIB(80, 3, 3, 2)],
-            [UIB(160, 3, 5, 6, stride=2), UIB(160, 3, 3, 4, repeats=2), UIB(160, 3, 5, 4),
-             UIB(160, 3, 3, 4), UIB(160, 3, 0, 4), UIB(160, 0, 0, 2), UIB(160, 3, 0, 4)],
-            [UIB(256, 5, 5, 6, stride=2), UIB(256, 5, 5, 4), UIB(256, 3, 5, 4, repeats=2),
-             UIB(256, 0, 0, 4), UIB(256, 3, 0, 4), UIB(256, 3, 5, 2), UIB(256, 5, 5, 4),
-             UIB(256, 0, 0, 4, repeats=2), UIB(256, 5, 0, 2)],
-            [Conv(960)],
-        ],
-    )),
-    "conv_large": Variant(_arch(
-        stem=24,
-        activation="relu",
-        layer_scale=None,
-        default_size=384,
-        stages=[
-            [Fused(48)],
-            [UIB(96, 3, 5, 4, stride=2), UIB(96, 3, 3, 4)],
-            [UIB(192, 3, 5, 4, stride=2), UIB(192, 3, 3, 4, repeats=3), UIB(192, 3, 5, 4),
-             UIB(192, 5, 3, 4, repeats=5), UIB(192, 3, 0, 4)],
-            [UIB(512, 5, 5, 4, stride=2, repeats=4), UIB(512, 5, 0, 4), UIB(512, 5, 3, 4),
-             UIB(512, 5, 0, 4, repeats=2), UIB(512, 5, 3, 4), UIB(512, 5, 5, 4),
-             UIB(512, 5, 0, 4, repeats=3)],
-            [Conv(960)],
-        ],
-    )),
-    "hybrid_medium": Variant(_arch(
-        stem=32,
-        activation="relu",
-        layer_scale=1e-5,
-        default_size=256,
-        stages=[
-            [Fused(48)],
-            [UIB(80, 3, 5, 4, stride=2), UIB(80, 3, 3, 2)],
-            [UIB(160, 3, 5, 6, stride=2), UIB(160, 0, 0, 2), UIB(160, 3, 3, 4), UIB(160, 3, 5, 4),
-             _MQA_M16, UIB(160, 3, 3, 4), _MQA_M16, UIB(160, 3, 0, 4), _MQA_M16,
-             UIB(160, 3, 3, 4), _MQA_M16, UIB(160, 3, 0, 4)],
-            [UIB(256, 5, 5, 6, stride=2), UIB(256, 5, 5, 4), UIB(256, 3, 5, 4, repeats=2),
-             UIB(256, 0, 0, 2), UIB(256, 3, 5, 2), UIB(256, 0, 0, 2), UIB(256, 0, 0, 4),
-             _MQA_M32, UIB(256, 3, 0, 4), _MQA_M32, UIB(256, 5, 5, 4), _MQA_M32,
-             UIB(256, 5, 0, 4), _MQA_M32, UIB(256, 5, 0, 4)],
-            [Conv(960)],
-        ],
-    )),
-    "hybrid_large": Variant(_arch(
-        stem=24,
-        activation="gelu",
-        layer_scale=1e-5,
-        default_size=384,
-        stages=[
-            [Fused(48)],
-            [UIB(96, 3, 5, 4, stride=2), UIB(96, 3, 3, 4)],
-            [UIB(192, 3, 5, 4, stride=2), UIB(192, 3, 3, 4, repeats=3), UIB(192, 3, 5, 4),
-             UIB(192, 5, 3, 4, repeats=2), _MQA_L16, UIB(192, 5, 3, 4), _MQA_L16,
-             UIB(192, 5, 3, 4), _MQA_L16, UIB(192, 5, 3, 4), _MQA_L16, UIB(192, 3, 0, 4)],
-            [UIB(512, 5, 5, 4, stride=2, repeats=4), UIB(512, 5, 0, 4), UIB(512, 5, 3, 4),
-             UIB(512, 5, 0, 4, repeats=2), UIB(512, 5, 3, 4), UIB(512, 5, 5, 4),
-             _MQA_L32, UIB(512, 5, 0, 4), _MQA_L32, UIB(512, 5, 0, 4), _MQA_L32,
-             UIB(512, 5, 0, 4), _MQA_L32, UIB(512, 5, 0, 4)],
-            [Conv(960)],
-        ],
-    )),
+    "conv_small": Variant(CONV_SMALL),
+    "conv_medium": Variant(CONV_MEDIUM),
+    "conv_large": Variant(CONV_LARGE),
+    "hybrid_medium": Variant(HYBRID_MEDIUM),
+    "hybrid_large": Variant(HYBRID_LARGE),
+    # timm's anti-aliased variants: the blocks' strided convs run at stride 1,
+    # then downsample by 2x2 average pooling ("avg") or a binomial blur ("blur").
+    "conv_aa_medium": Variant(CONV_MEDIUM, anti_alias="avg"),
+    "conv_aa_large": Variant(CONV_LARGE, anti_alias="avg"),
+    "conv_blur_medium": Variant(CONV_MEDIUM, anti_alias="blur"),
 }
 
 preprocess_input = preprocess_for(IMAGENET_MEAN, IMAGENET_STD)
@@ -147,7 +162,8 @@ def create_mobilenetv4(
 
     Args:
         variant: one of "conv_small", "conv_medium", "conv_large",
-            "hybrid_medium", "hybrid_large".
+            "hybrid_medium", "hybrid_large", and the anti-aliased
+            "conv_aa_medium", "conv_aa_large", "conv_blur_medium".
         width_multiplier: scales the width of every block and of the 960
             conv (rounded with `make_divisible`); the stem is kept for widths
             below 1, the 1280 head and the attention heads never scale.

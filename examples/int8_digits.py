@@ -35,12 +35,30 @@ def main(argv=None):
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise SystemExit(f"int8 LiteRT conversion needs the tensorflow backend, not {keras.backend.backend()}.")
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    # Same seed, same numbers: seeded weights, dropout and shuffling
+    # (set_random_seed), a seeded split, and TF's deterministic kernels
+    # (restored afterwards when called from another program).
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        return _run(args)
+    finally:
+        if not was_deterministic:
+            tf_config.disable_op_determinism()
+
+
+def _run(args):
+    import keras
     import numpy as np
 
     from examples import export, transfer_learning
 
-    if keras.backend.backend() != "tensorflow":
-        raise SystemExit(f"int8 LiteRT conversion needs the tensorflow backend, not {keras.backend.backend()}.")
     train_args = transfer_learning.parse_args(
         ["--model", args.model, "--epochs", str(args.epochs), "--seed", str(args.seed)]
     )

@@ -28,10 +28,15 @@ MODELS = {
 }
 
 
+def weights_arg(text):
+    """`--weights`: "None"/"none" (or empty) means random initialisation."""
+    return None if text.strip().lower() in ("none", "") else text
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="v3_small")
-    parser.add_argument("--weights", default=None,
+    parser.add_argument("--weights", default=None, type=weights_arg,
                         help="backbone weights: None (random init), 'imagenet', a name or a path")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -62,6 +67,24 @@ def load_digits(image_size, seed):
     return (images[:split], labels[:split]), (images[split:], labels[split:])
 
 
+def input_normalization(model, weights):
+    """`(mean, std)` on [0, 1] RGB that the backbone's weights expect: the
+    checkpoint's own (timm's V4: ImageNet mean/std; keras.applications: 0.5,
+    i.e. [-1, 1]), the version's default for "imagenet" or a file, and
+    [-1, 1] for a randomly initialised backbone."""
+    import importlib
+
+    from keras_mobilenets.features import checkpoint_normalization
+    from keras_mobilenets.weights.registry import CHECKPOINTS
+
+    if weights is None:
+        return (0.5,) * 3, (0.5,) * 3
+    module_name, _, kwargs = MODELS[model]
+    arch = importlib.import_module(module_name).VARIANTS[kwargs["variant"]].arch
+    name = weights if weights == "imagenet" or weights in CHECKPOINTS else "imagenet"
+    return checkpoint_normalization(name, (arch.default_mean, arch.default_std))
+
+
 def build(args, num_classes):
     import importlib
 
@@ -84,7 +107,10 @@ def build(args, num_classes):
     if args.freeze:
         backbone.trainable = False  # frozen BatchNorm runs in inference mode
     inputs = keras.Input((args.image_size, args.image_size, 3))
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)  # [0, 255] -> [-1, 1]
+    mean, std = input_normalization(args.model, args.weights)
+    # [0, 255] -> (x / 255 - mean) / std, as the backbone's weights were trained.
+    x = keras.layers.Rescaling([1.0 / (255.0 * s) for s in std],
+                               offset=[-m / s for m, s in zip(mean, std)])(inputs)
     x = backbone(x)
     x = keras.layers.Dropout(0.2)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="digits")(x)

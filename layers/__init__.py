@@ -15,6 +15,8 @@ from .fused_inverted_bottleneck import FusedInvertedBottleneck
 from .inverted_residual import InvertedResidual
 from .layer_scale import LayerScale
 from .mobile_mqa import MobileMQA
+from .multi_scale_fusion import MultiScaleFusionAdapter
+from .normalization import RMSNorm2D
 from .squeeze_excite import SqueezeExcite
 from .stochastic_depth import StochasticDepth
 from .universal_inverted_bottleneck import UniversalInvertedBottleneck
@@ -33,6 +35,8 @@ __all__ = [
     "InvertedResidual",
     "LayerScale",
     "MobileMQA",
+    "MultiScaleFusionAdapter",
+    "RMSNorm2D",
     "SqueezeExcite",
     "StochasticDepth",
     "UniversalInvertedBottleneck",

@@ -67,9 +67,19 @@ class GELU(keras.layers.Layer):
     `0.5*x`), which is what made MobileNetV4 hybrid_large run out of memory
     when training at batch 32 x 384^2. torch's own GELU already keeps only
     its input in one fused kernel, so torch calls it directly.
+
+    Args:
+        approximate: use the tanh approximation instead (timm's
+            `GELU(approximate="tanh")`, the activation of MobileNetV5).
     """
 
+    def __init__(self, approximate=False, **kwargs):
+        super().__init__(**kwargs)
+        self.approximate = approximate
+
     def call(self, x):
+        if self.approximate:
+            return ops.gelu(x, approximate=True)
         if keras.backend.backend() == "torch":
             return ops.gelu(x, approximate=False)
         return _gelu_keeping_input(x)
@@ -77,8 +87,13 @@ class GELU(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def get_config(self):
+        config = super().get_config()
+        config.update(approximate=self.approximate)
+        return config
 
-ACTIVATIONS = ("relu", "relu6", "hard_swish", "gelu")
+
+ACTIVATIONS = ("relu", "relu6", "hard_swish", "gelu", "gelu_tanh")
 
 
 def get_activation(name, layer_name=None):
@@ -98,6 +113,8 @@ def get_activation(name, layer_name=None):
         return HardSwish(name=layer_name)
     if name == "gelu":
         return GELU(name=layer_name)
+    if name == "gelu_tanh":
+        return GELU(approximate=True, name=layer_name)
     raise ValueError(
         f"Unknown activation {name!r}; expected one of {ACTIVATIONS} or None."
     )

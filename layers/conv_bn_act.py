@@ -4,8 +4,10 @@ import keras
 from keras import ops
 
 from .activations import get_activation
+from .anti_alias import anti_alias_layer, check_anti_alias
 from .conv import Conv
 from .depthwise_conv import DepthwiseConv
+from .normalization import check_norm, get_norm
 from .utils import check_padding, declare, symmetric_pad
 
 _PACKAGE = "keras_mobilenets"
@@ -35,8 +37,16 @@ class ConvBnAct(keras.layers.Layer):
             differ only for strided convolutions.
         bn_epsilon: BatchNorm epsilon.
         bn_momentum: BatchNorm momentum (Keras convention).
+        norm: "batch" (BatchNormalization, sublayer `bn`) or "rms"
+            (`RMSNorm2D` with epsilon `bn_epsilon`, sublayer `norm`; never
+            folded, MobileNetV5).
+        anti_alias: with a stride above 1, convolve at stride 1 and
+            downsample after the activation by 2x2 average pooling ("avg")
+            or a binomial blur ("blur"), as timm's anti-aliased
+            MobileNetV4s; None for a plain strided convolution.
         timm_names: timm's names of the convolution and the BatchNorm,
             relative to the enclosing block (timm's `ConvBnAct` by default).
+            torchvision's are `0` and `1` (its `Conv2dNormActivation`).
         reference_names: the reference names of this layer itself (see
             `layers.utils.declare`).
     """
@@ -54,6 +64,8 @@ class ConvBnAct(keras.layers.Layer):
         padding="same",
         bn_epsilon=1e-3,
         bn_momentum=0.99,
+        anti_alias=None,
+        norm="batch",
         timm_names=("conv", "bn1"),
         reference_names=None,
         **kwargs,
@@ -73,14 +85,17 @@ class ConvBnAct(keras.layers.Layer):
         self.padding = check_padding(padding)
         self.bn_epsilon = bn_epsilon
         self.bn_momentum = bn_momentum
+        self.norm_type = check_norm(norm)
+        self.anti_alias = check_anti_alias(anti_alias) if strides > 1 else None
+        conv_strides = 1 if self.anti_alias else strides
         # Symmetric and SAME padding agree for stride 1 and odd kernels, where
         # the cheaper built-in "same" is used.
-        self._explicit_pad = padding == "symmetric" and strides > 1 and kernel_size > 1
+        self._explicit_pad = padding == "symmetric" and conv_strides > 1 and kernel_size > 1
         conv_padding = "valid" if self._explicit_pad or kernel_size == 1 else "same"
         if depthwise:
             self.conv = DepthwiseConv(
                 kernel_size,
-                strides=strides,
+                strides=conv_strides,
                 padding=conv_padding,
                 depth_multiplier=depth_multiplier,
                 use_bias=use_bias,
@@ -90,23 +105,22 @@ class ConvBnAct(keras.layers.Layer):
             self.conv = Conv(
                 filters,
                 kernel_size,
-                strides=strides,
+                strides=conv_strides,
                 padding=conv_padding,
                 use_bias=use_bias,
                 name="conv",
             )
-        self.bn = (
-            keras.layers.BatchNormalization(
-                epsilon=bn_epsilon, momentum=bn_momentum, name="bn"
-            )
-            if use_bn
-            else None
-        )
+        self.bn = None
+        if use_bn:
+            norm_name = "bn" if self.norm_type == "batch" else "norm"
+            self.bn = get_norm(self.norm_type, bn_epsilon, bn_momentum, norm_name)
         self.act = get_activation(activation, "act")
+        self.aa = anti_alias_layer(self.anti_alias) if self.anti_alias else None
         declare(self, **{"timm": "", **(reference_names or {})})
-        declare(self.conv, timm=self.timm_names[0])
+        # torchvision's Conv2dNormActivation is `Sequential(conv, norm, act)`.
+        declare(self.conv, timm=self.timm_names[0], torchvision="0")
         if self.bn is not None:
-            declare(self.bn, timm=self.timm_names[1])
+            declare(self.bn, timm=self.timm_names[1], torchvision="1")
 
     def _conv_input_shape(self, input_shape):
         if not self._explicit_pad:
@@ -130,12 +144,16 @@ class ConvBnAct(keras.layers.Layer):
             x = symmetric_pad(x, self.kernel_size)
         if self.bn is None:
             x = self.conv(x)
+        elif self.norm_type == "rms":
+            x = self.bn(self.conv(x))
         elif training and self.bn.trainable:
             x = self._batch_norm_train(self.conv(x))
         else:
             x = self._folded_conv(x)
         if self.act is not None:
             x = self.act(x)
+        if self.aa is not None:
+            x = self.aa(x)
         return x
 
     def _batch_norm_train(self, x):
@@ -182,7 +200,8 @@ class ConvBnAct(keras.layers.Layer):
         return y + ops.cast(shift, y.dtype)
 
     def compute_output_shape(self, input_shape):
-        return self.conv.compute_output_shape(self._conv_input_shape(input_shape))
+        shape = self.conv.compute_output_shape(self._conv_input_shape(input_shape))
+        return shape if self.aa is None else self.aa.compute_output_shape(shape)
 
     def get_config(self):
         config = super().get_config()
@@ -198,6 +217,8 @@ class ConvBnAct(keras.layers.Layer):
             padding=self.padding,
             bn_epsilon=self.bn_epsilon,
             bn_momentum=self.bn_momentum,
+            anti_alias=self.anti_alias,
+            norm=self.norm_type,
             timm_names=list(self.timm_names),
             reference_names=dict(self.reference_names),
         )

@@ -3,8 +3,6 @@
 import keras
 
 from .residual import ResidualBlock
-from .squeeze_excite import SqueezeExcite
-from .utils import declare, make_divisible
 
 _PACKAGE = "keras_mobilenets"
 
@@ -24,7 +22,8 @@ class DepthwiseSeparableConv(ResidualBlock):
         depth_multiplier: depthwise channel multiplier (MobileNetV1).
         pointwise_activation: apply `activation` after the pointwise conv.
         se_ratio: squeeze-excite after the depthwise conv, its bottleneck
-            `make_divisible(channels * se_ratio)`; None for none.
+            `channels * se_ratio` (rounded as `se_rounding` says); None for
+            none.
         **kwargs: the shared block settings of `ResidualBlock`.
     """
 
@@ -57,11 +56,7 @@ class DepthwiseSeparableConv(ResidualBlock):
             timm=("conv_dw", "bn1"),
         )
         channels = input_shape[-1] * self.depth_multiplier
-        self.se = (
-            declare(SqueezeExcite(make_divisible(channels * self.se_ratio), name="se"), timm="se")
-            if self.se_ratio
-            else None
-        )
+        self.se = self.squeeze_excite(channels, self.se_ratio)
         self.pointwise = self.conv_bn_act(
             "pointwise",
             self.filters,

@@ -3,8 +3,7 @@
 import keras
 
 from .residual import ResidualBlock
-from .squeeze_excite import SqueezeExcite
-from .utils import declare, make_divisible
+from .utils import make_divisible
 
 _PACKAGE = "keras_mobilenets"
 
@@ -49,11 +48,7 @@ class InvertedResidual(ResidualBlock):
             activation=self.activation,
             timm=("conv_dw", "bn2"),
         )
-        self.se = (
-            declare(SqueezeExcite(make_divisible(mid * self.se_ratio), name="se"), timm="se")
-            if self.se_ratio
-            else None
-        )
+        self.se = self.squeeze_excite(mid, self.se_ratio)
         self.project = self.conv_bn_act("project", self.filters, timm=("conv_pwl", "bn3"))
         self.build_sequence(input_shape, [self.expand, self.depthwise, self.se, self.project])
         self.build_skip(input_shape, self.filters, self.strides)

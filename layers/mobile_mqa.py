@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from .conv import Conv
+from .normalization import get_norm
 from .residual import ResidualBlock
 from .utils import declare
 
@@ -12,11 +13,12 @@ _PACKAGE = "keras_mobilenets"
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MobileMQA(ResidualBlock):
-    """BN -> multi-query attention -> [layer scale] -> + input.
+    """Norm -> multi-query attention -> [layer scale] -> + input.
 
     Queries have `num_heads` heads; keys and values have one head shared by
     all query heads. Keys and values may first be downsampled by a strided
-    depthwise conv + BN (`kv_strides > 1`). All projections are bias-free
+    depthwise conv + norm (`kv_strides > 1`). The norms are BatchNorm, or
+    RMSNorm with `norm="rms"` (MobileNetV5). All projections are bias-free
     1x1 convolutions. Output channels equal input channels, so the block
     works at any width; heads and key/value dims are not scaled.
 
@@ -61,10 +63,7 @@ class MobileMQA(ResidualBlock):
     def build(self, input_shape):
         channels = input_shape[-1]
         self.norm = declare(
-            keras.layers.BatchNormalization(
-                epsilon=self.bn_epsilon, momentum=self.bn_momentum, name="norm"
-            ),
-            timm="norm",
+            get_norm(self.norm_type, self.bn_epsilon, self.bn_momentum, "norm"), timm="norm"
         )
         self.query = self._projection(self.num_heads * self.key_dim, "query", "attn.query.proj")
         self.key_down = self._down("key_down", "attn.key")

@@ -4,8 +4,10 @@ import keras
 
 from .conv_bn_act import ConvBnAct
 from .layer_scale import LayerScale
+from .normalization import check_norm
+from .squeeze_excite import SqueezeExcite
 from .stochastic_depth import StochasticDepth
-from .utils import check_padding, declare
+from .utils import check_padding, declare, make_divisible
 
 
 class ResidualBlock(keras.layers.Layer):
@@ -24,12 +26,23 @@ class ResidualBlock(keras.layers.Layer):
         padding: "same" (TensorFlow SAME) or "symmetric" (timm).
         bn_epsilon: BatchNorm epsilon.
         bn_momentum: BatchNorm momentum (Keras convention).
+        norm: the norm of the block's convolutions, "batch" or "rms" (see
+            `ConvBnAct`; `bn_epsilon` is then the RMSNorm epsilon).
         layer_scale_init: initial value of a per-channel scale on the
             branch output, or None for no layer scale.
         drop_path_rate: stochastic depth rate of the residual branch.
         residual: add the input to the output when shapes allow.
+        anti_alias: anti-aliased strided convolutions (see `ConvBnAct`).
+        se_activation: activation inside squeeze-excite; None for the
+            block's (timm's `mobilenetv3_rw`).
+        se_rounding: squeeze-excite width `channels * ratio` rounded to a
+            multiple of 8 ("divisible", keras.applications and timm's V3)
+            or to the nearest integer ("round", `mobilenetv3_rw`).
         reference_names: the reference names of this block (see
-            `layers.utils.declare`), e.g. `{"timm": "blocks.2.0"}`.
+            `layers.utils.declare`), e.g. `{"timm": "blocks.2.0",
+            "torchvision": "features.3.block"}`; its sub-layers' torchvision
+            names are their positions in the branch
+            (`_declare_torchvision_positions`).
     """
 
     def __init__(
@@ -38,9 +51,13 @@ class ResidualBlock(keras.layers.Layer):
         padding="same",
         bn_epsilon=1e-3,
         bn_momentum=0.99,
+        norm="batch",
         layer_scale_init=None,
         drop_path_rate=0.0,
         residual=True,
+        anti_alias=None,
+        se_activation="relu",
+        se_rounding="divisible",
         reference_names=None,
         **kwargs,
     ):
@@ -50,9 +67,13 @@ class ResidualBlock(keras.layers.Layer):
         self.padding = check_padding(padding)
         self.bn_epsilon = bn_epsilon
         self.bn_momentum = bn_momentum
+        self.norm_type = check_norm(norm)
         self.layer_scale_init = layer_scale_init
         self.drop_path_rate = drop_path_rate
         self.residual = residual
+        self.anti_alias = anti_alias
+        self.se_activation = se_activation
+        self.se_rounding = se_rounding
         self.has_skip = False
         self.layer_scale = None
         self.drop_path = None
@@ -69,10 +90,21 @@ class ResidualBlock(keras.layers.Layer):
             padding=self.padding,
             bn_epsilon=self.bn_epsilon,
             bn_momentum=self.bn_momentum,
+            norm=self.norm_type,
             name=name,
             timm_names=timm,
+            anti_alias=self.anti_alias,
             **kwargs,
         )
+
+    def squeeze_excite(self, channels, ratio):
+        """The block's squeeze-excite on `channels`, or None without a ratio."""
+        if not ratio:
+            return None
+        width = channels * ratio
+        width = make_divisible(width) if self.se_rounding == "divisible" else int(round(width))
+        activation = self.se_activation or self.activation
+        return declare(SqueezeExcite(width, activation=activation, name="se"), timm="se")
 
     def build_sequence(self, input_shape, sublayers, main=True):
         """Build `sublayers` (None entries skipped) one after the other.
@@ -89,7 +121,33 @@ class ResidualBlock(keras.layers.Layer):
         if main:
             # Not tracked: the sub-layers are already attributes of the block.
             object.__setattr__(self, "_sequence", present)
+            self._declare_torchvision_positions(present)
         return shape
+
+    def _declare_torchvision_positions(self, sequence):
+        """torchvision's names of the branch's sub-layers: their positions in
+        the block's `nn.Sequential` (declared as the block's own torchvision
+        name, e.g. `features.4.block`), which holds only the sub-layers the
+        block has (no expand conv, no squeeze-excite: the indices shift).
+
+        Each conv is a `Conv2dNormActivation` (`<i>.0`, `<i>.1`), except in
+        blocks declared `torchvision_bare_linear` (MobileNetV2's), whose
+        linear conv is a bare Conv2d and BatchNorm: positions `i` and `i + 1`.
+        """
+        names = self.reference_names
+        if "torchvision" not in names:
+            return
+        position = 0
+        for layer in sequence:
+            if (names.get("torchvision_bare_linear") and isinstance(layer, ConvBnAct)
+                    and layer.activation is None):
+                declare(layer, torchvision="")
+                declare(layer.conv, torchvision=str(position))
+                declare(layer.bn, torchvision=str(position + 1))
+                position += 2
+            else:
+                declare(layer, torchvision=str(position))
+                position += 1
 
     def call(self, x, training=None):
         shortcut = x
@@ -125,9 +183,13 @@ class ResidualBlock(keras.layers.Layer):
             padding=self.padding,
             bn_epsilon=self.bn_epsilon,
             bn_momentum=self.bn_momentum,
+            norm=self.norm_type,
             layer_scale_init=self.layer_scale_init,
             drop_path_rate=self.drop_path_rate,
             residual=self.residual,
+            anti_alias=self.anti_alias,
+            se_activation=self.se_activation,
+            se_rounding=self.se_rounding,
             reference_names=dict(self.reference_names),
         )
         return config

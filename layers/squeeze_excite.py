@@ -29,7 +29,11 @@ class SqueezeExcite(keras.layers.Layer):
         self.reduced_channels = reduced_channels
         self.activation = activation
         self.gate = gate
-        self.reduce = declare(keras.layers.Conv2D(reduced_channels, 1, name="reduce"), timm="conv_reduce")
+        # timm's `SqueezeExcite` and torchvision's `SqueezeExcitation` names.
+        self.reduce = declare(
+            keras.layers.Conv2D(reduced_channels, 1, name="reduce"),
+            timm="conv_reduce", torchvision="fc1",
+        )
         self.act = get_activation(activation, "act")
         self.gate_fn = (
             HardSigmoid(name="gate")
@@ -40,7 +44,9 @@ class SqueezeExcite(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.expand = declare(keras.layers.Conv2D(channels, 1, name="expand"), timm="conv_expand")
+        self.expand = declare(
+            keras.layers.Conv2D(channels, 1, name="expand"), timm="conv_expand", torchvision="fc2"
+        )
         self.reduce.build((input_shape[0], 1, 1, channels))
         self.expand.build((input_shape[0], 1, 1, self.reduced_channels))
 

@@ -13,6 +13,7 @@ from keras_mobilenets import (
     create_mobilenetv2,
     create_mobilenetv3,
     create_mobilenetv4,
+    create_mobilenetv5,
     feature_pyramid,
 )
 from keras_mobilenets.mobilenet_v1 import VARIANTS as V1
@@ -33,9 +34,14 @@ def rows():
         yield (f'`create_mobilenetv3("{v}", minimalistic=True)`',
                create_mobilenetv3(v, minimalistic=True), 224)
         if v == "large":
-            yield '`create_mobilenetv3("large_150d")`', create_mobilenetv3("large_150d"), 224
+            for timm_variant in ("large_150d", "rw"):
+                yield (f'`create_mobilenetv3("{timm_variant}")`', create_mobilenetv3(timm_variant),
+                       224)
     for v, config in V4.items():
         yield f'`create_mobilenetv4("{v}")`', create_mobilenetv4(v), config.arch.default_size
+    # timm's mobilenetv5_300m has no classifier by default; its count is the encoder's.
+    yield ('`create_mobilenetv5("300m", include_top=False)`',
+           create_mobilenetv5("300m", include_top=False), 768)
 
 
 def main(only=None):

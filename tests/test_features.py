@@ -11,6 +11,7 @@ from conftest import (
     BACKEND,
     assert_matches_reference,
     calibrated_timm_model,
+    infer,
     max_abs_diff,
     random_images,
     randomize_keras_model,
@@ -39,7 +40,7 @@ SMALL_MODELS = {
 @pytest.mark.parametrize("pooling, rank", [(None, 4), ("avg", 2), ("max", 2)])
 def test_pooling_without_top(version, pooling, rank):
     model = SMALL_MODELS[version](include_top=False, pooling=pooling, input_shape=(64, 64, 3))
-    y = to_numpy(model(random_images(2, 64, 64)))
+    y = infer(model, random_images(2, 64, 64))
     assert y.ndim == rank
     if pooling is None:
         assert y.shape[1:3] == (2, 2)
@@ -60,7 +61,7 @@ PYRAMID_CHANNELS = {
 def test_feature_pyramid_channels_and_sizes(name):
     factory, channels = PYRAMID_CHANNELS[name]
     features = feature_pyramid(factory(), strides=(2, 4, 8, 16, 32))
-    outputs = features(random_images(1, 64, 96))
+    outputs = infer(features, random_images(1, 64, 96))
     for (stride, expected), key in zip(zip((2, 4, 8, 16, 32), channels), sorted(outputs, key=lambda k: int(k.split("_")[1]))):
         assert key == f"stride_{stride}"
         assert tuple(outputs[key].shape) == (1, 64 // stride, 96 // stride, expected)
@@ -74,7 +75,7 @@ def test_feature_pyramid_matches_keras_applications_layers():
     ref_features = keras.Model(ref.input, {s: ref.get_layer(n).output for s, n in names.items()})
     x = random_images(1, 96, 96)
     expected = ref_features(x, training=False)
-    got = feature_pyramid(ours, strides=(8, 16))(x, training=False)
+    got = infer(feature_pyramid(ours, strides=(8, 16)), x)
     for stride in names:
         assert_matches_reference(got[f"stride_{stride}"], expected[stride])
 
@@ -89,7 +90,7 @@ def test_feature_pyramid_matches_timm_features_only():
     with torch.no_grad():
         maps = ref.forward_intermediates(torch.from_numpy(x.transpose(0, 3, 1, 2)),
                                          intermediates_only=True)
-    got = feature_pyramid(ours, strides=(4, 8, 16))(x, training=False)
+    got = infer(feature_pyramid(ours, strides=(4, 8, 16)), x)
     by_stride = {96 // m.shape[-1]: m.numpy().transpose(0, 2, 3, 1) for m in maps}
     for stride in (4, 8, 16):
         assert_matches_reference(got[f"stride_{stride}"], by_stride[stride])

@@ -56,7 +56,7 @@ def test_wheel_installs_one_package_and_the_documented_modules(tmp_path):
     (wheel,) = tmp_path.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert top == {"keras_mobilenets", *(f"mobilenet_v{i}.py" for i in range(1, 5))}
+    assert top == {"keras_mobilenets", *(f"mobilenet_v{i}.py" for i in range(1, 6))}
     assert "keras_mobilenets/layers/conv_bn_act.py" in names
     assert not any(n.startswith(("keras_mobilenets/tests/", "keras_mobilenets/benchmarks/"))
                    for n in names)

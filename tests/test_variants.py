@@ -1,19 +1,28 @@
-"""Variants that are one table row each: timm's deeper MobileNetV2/V3.
+"""Variants that are one table row each, and every timm MobileNet checkpoint.
 
-`mobilenetv2_110d`, `mobilenetv2_120d` and `mobilenetv3_large_150d` differ
-from their base only by width and depth; each is a `VARIANTS` row decoded by
-the shared builder. Exact to timm: trainable parameter counts and logits
-after loading a random, BatchNorm-calibrated timm `state_dict`.
+timm's `mobilenetv2_110d`, `mobilenetv2_120d` and `mobilenetv3_large_150d`
+differ from their base only by width and depth; `mobilenetv1_100h`,
+`mobilenetv3_rw` and the anti-aliased MobileNetV4s by a head conv, a block
+setting or the downsampling. Each is a `VARIANTS` row decoded by the shared
+builder. Exact to timm: trainable parameter counts and logits after loading a
+random, BatchNorm-calibrated timm `state_dict`.
 """
+
+import re
 
 import numpy as np
 import pytest
 from conftest import assert_matches_reference, calibrated_timm_model, random_images, timm_forward
 
-from keras_mobilenets import create_mobilenetv2, create_mobilenetv3
+from keras_mobilenets import (
+    create_mobilenetv1,
+    create_mobilenetv2,
+    create_mobilenetv3,
+    create_mobilenetv4,
+)
 from keras_mobilenets.builder import IR, scale_depth, stages_of
 from keras_mobilenets.weights import load_timm_state_dict
-from keras_mobilenets.weights.registry import default_checkpoint
+from keras_mobilenets.weights.registry import CHECKPOINTS, default_checkpoint
 from mobilenet_v2 import VARIANTS as V2
 from mobilenet_v3 import VARIANTS as V3
 
@@ -22,7 +31,15 @@ ROWS = {
     "mobilenetv2_110d": (create_mobilenetv2, "110d", 4_516_520),
     "mobilenetv2_120d": (create_mobilenetv2, "120d", 5_831_144),
     "mobilenetv3_large_150d": (create_mobilenetv3, "large_150d", 14_622_320),
+    "mobilenetv1_100h": (create_mobilenetv1, "100h", 5_282_600),
+    "mobilenetv3_rw": (create_mobilenetv3, "rw", 5_479_918),
+    "mobilenetv4_conv_aa_medium": (create_mobilenetv4, "conv_aa_medium", 9_715_512),
+    "mobilenetv4_conv_blur_medium": (create_mobilenetv4, "conv_blur_medium", 9_715_512),
 }
+# Counted only: the same code path as conv_aa_medium, 3.4x the weights.
+COUNT_ONLY = {"mobilenetv4_conv_aa_large": (create_mobilenetv4, "conv_aa_large", 32_590_864)}
+# timm's MobileNet V1-V5 checkpoints (not the EdgeTPU ones, another family).
+FAMILY = re.compile(r"(tf_)?mobilenetv[1-5]_")
 SIZE = 64  # every stride still has a 2x2 map; the numerics are size-independent
 
 
@@ -30,9 +47,9 @@ def trainable_count(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
-@pytest.mark.parametrize("timm_name", list(ROWS))
+@pytest.mark.parametrize("timm_name", list(ROWS) + list(COUNT_ONLY))
 def test_trainable_count_equals_timm(timm_name):
-    factory, variant, expected = ROWS[timm_name]
+    factory, variant, expected = {**ROWS, **COUNT_ONLY}[timm_name]
     model = factory(variant, input_shape=(None, None, 3))
     assert trainable_count(model) == expected
     assert model.name == timm_name
@@ -69,7 +86,7 @@ def test_deep_variants_stage_depths():
     assert [len(s) for s in stages_of(V3["large_150d"])] == [2, 3, 4, 5, 3, 4, 2]
 
 
-@pytest.mark.parametrize("timm_name", list(ROWS))
+@pytest.mark.parametrize("timm_name", ["mobilenetv2_110d", "mobilenetv3_large_150d"])
 def test_imagenet_weights_resolve_to_the_timm_checkpoint(timm_name):
     factory, variant, _ = ROWS[timm_name]
     spec = (V2 if factory is create_mobilenetv2 else V3)[variant]
@@ -77,6 +94,41 @@ def test_imagenet_weights_resolve_to_the_timm_checkpoint(timm_name):
     checkpoint = default_checkpoint(version, variant, spec.width, False, "timm")
     assert checkpoint.name.startswith(f"timm/{timm_name}.")
     assert checkpoint.url.startswith(f"https://huggingface.co/timm/{timm_name}.")
+
+
+def test_every_timm_checkpoint_is_registered_with_its_preprocessing():
+    # A new timm release shows here what is missing.
+    timm = pytest.importorskip("timm")
+    names = [n for n in timm.list_pretrained() if FAMILY.match(n)]
+    assert len(names) >= 48
+    missing = [n for n in names if n not in CHECKPOINTS]
+    assert not missing, f"timm checkpoints without a registry entry: {missing}"
+    for name in names:
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
+        ours = CHECKPOINTS[name]
+        assert (ours.input_size, ours.crop_pct, ours.interpolation, ours.num_classes) == (
+            cfg["input_size"][1], cfg["crop_pct"], cfg["interpolation"], cfg["num_classes"]
+        ), name
+        assert (tuple(ours.mean), tuple(ours.std)) == (tuple(cfg["mean"]), tuple(cfg["std"])), name
+
+
+@pytest.mark.parametrize(
+    "name, factory, variant",
+    [
+        ("timm/mobilenetv3_large_100.miil_in21k", create_mobilenetv3, "large"),
+        ("timm/mobilenetv4_conv_medium.e180_ad_r384_in12k", create_mobilenetv4, "conv_medium"),
+    ],
+)
+def test_a_named_checkpoints_class_count_is_the_default(name, factory, variant, monkeypatch):
+    # The head is sized from the registry; the download itself is replaced.
+    from keras_mobilenets.weights import loading
+
+    monkeypatch.setattr(loading, "load_weights", lambda model, source, include_top: model)
+    model = factory(variant, weights=name, input_shape=(32, 32, 3))
+    assert model.output_shape == (None, CHECKPOINTS[name].num_classes)
+    assert CHECKPOINTS[name].num_classes > 1000
+    with pytest.raises(ValueError, match=f"{CHECKPOINTS[name].num_classes}-class classifier"):
+        factory(variant, weights=name, num_classes=1000)
 
 
 def test_deep_variants_default_to_timm_style():

@@ -13,6 +13,7 @@ import pytest
 from conftest import (
     assert_matches_reference,
     calibrated_timm_model,
+    infer,
     max_abs_diff,
     random_images,
     randomize_keras_model,
@@ -77,7 +78,7 @@ def test_timm_safetensors_logits(name, ckpt_dir):
     x = random_images(2, SIZE, SIZE, seed=7)
     expected = timm_forward(ref, x)
     assert np.abs(expected).max() > 0.1
-    assert_matches_reference(model(x, training=False), expected)
+    assert_matches_reference(infer(model, x), expected)
 
 
 def test_timm_pth_read_weights_only(ckpt_dir, tmp_path):
@@ -89,7 +90,7 @@ def test_timm_pth_read_weights_only(ckpt_dir, tmp_path):
     model = create_mobilenetv4("conv_small", weights=path, input_shape=(SIZE, SIZE, 3),
                                classifier_activation=None)
     x = random_images(1, SIZE, SIZE)
-    assert_matches_reference(model(x, training=False), timm_forward(ref, x))
+    assert_matches_reference(infer(model, x), timm_forward(ref, x))
 
     torch.save({"state_dict": ref.state_dict(), "extra": NotWeights()}, path)
     with pytest.raises(ValueError, match="unchanged"):
@@ -105,7 +106,7 @@ def test_timm_weights_without_top_drop_the_head(ckpt_dir):
 
     with torch.no_grad():
         features = ref.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-    assert_matches_reference(model(x, training=False), features.transpose(0, 2, 3, 1))
+    assert_matches_reference(infer(model, x), features.transpose(0, 2, 3, 1))
 
 
 KERAS_REFS = {
@@ -139,7 +140,7 @@ def test_keras_applications_h5_logits(version, top, tmp_path):
     path = save_legacy_h5(ref, str(tmp_path / f"{version}.h5"))
     model = ours_fn(weights=path, include_top=top, input_shape=(SIZE, SIZE, 3))
     x = random_images(2, SIZE, SIZE, low=0 if version == "v3" else -1, high=255 if version == "v3" else 1)
-    assert_matches_reference(model(x, training=False), ref(x, training=False))
+    assert_matches_reference(infer(model, x), infer(ref, x))
 
 
 def test_keras_h5_with_top_loads_into_model_without_top(tmp_path):
@@ -149,7 +150,7 @@ def test_keras_h5_with_top_loads_into_model_without_top(tmp_path):
     model = create_mobilenetv2("0.35", weights=path, include_top=False, input_shape=(SIZE, SIZE, 3))
     features = keras.Model(ref.input, ref.get_layer("out_relu").output)
     x = random_images(1, SIZE, SIZE)
-    assert_matches_reference(model(x, training=False), features(x, training=False))
+    assert_matches_reference(infer(model, x), infer(features, x))
 
 
 def weights_snapshot(model):
@@ -268,14 +269,14 @@ def test_download_checks_hash_and_never_caches_a_bad_file(
     model = create_mobilenetv4("conv_small", weights=good.name, input_shape=(SIZE, SIZE, 3),
                                classifier_activation=None)
     x = random_images(1, SIZE, SIZE)
-    assert_matches_reference(model(x, training=False), timm_forward(ref, x))
+    assert_matches_reference(infer(model, x), timm_forward(ref, x))
     cached = list(cache.glob("*conv_small_good*"))
     assert len(cached) == 1
     # A second build uses the cache: the server no longer has the file.
     (root / "model.safetensors").unlink()
     again = create_mobilenetv4("conv_small", weights=good.name, input_shape=(SIZE, SIZE, 3),
                                classifier_activation=None)
-    assert max_abs_diff(again(x, training=False), model(x, training=False)) == 0.0
+    assert max_abs_diff(infer(again, x), infer(model, x)) == 0.0
 
 
 def test_converter_writes_loadable_weights(ckpt_dir, tmp_path):
@@ -287,7 +288,7 @@ def test_converter_writes_loadable_weights(ckpt_dir, tmp_path):
                                weights=out, input_shape=(SIZE, SIZE, 3),
                                classifier_activation=None, dropout_rate=0.0)
     x = random_images(1, SIZE, SIZE)
-    assert_matches_reference(model(x, training=False), timm_forward(ref, x))
+    assert_matches_reference(infer(model, x), timm_forward(ref, x))
 
 
 def test_checkpoint_preprocessing_is_exposed():

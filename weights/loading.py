@@ -5,7 +5,9 @@ import os
 
 import numpy as np
 
+from . import keras_hub
 from .assign import assign_in_order, leaf_layers
+from .download import WeightsDownloadError, fetch_url  # noqa: F401  (re-exported)
 from .registry import (
     CHECKPOINTS,
     Checkpoint,
@@ -14,6 +16,7 @@ from .registry import (
     get_checkpoint,
 )
 from .timm import load_timm_state_dict
+from .torchvision import check_hash_prefix, is_torchvision_state_dict, load_torchvision_state_dict
 
 TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 KERAS_SUFFIX = ".weights.h5"
@@ -33,7 +36,7 @@ def _file_format(path):
     raise ValueError(
         f"Cannot tell the format of weights file {path!r}: expected a name ending in "
         f"{KERAS_SUFFIX!r} (saved by this library), {LEGACY_SUFFIXES} (keras.applications) "
-        f"or {TIMM_SUFFIXES} (timm state_dict)."
+        f"or {TIMM_SUFFIXES} (timm or torchvision state_dict)."
     )
 
 
@@ -41,7 +44,8 @@ def resolve_weights(weights, arch, style, default_style, include_top, num_classe
     """Turn a factory's `weights=` into a source and the style the model needs.
 
     Args:
-        weights: None, "imagenet", a checkpoint name or a file path.
+        weights: None, "imagenet", a checkpoint name, a file path or a
+            keras-hub preset directory.
         arch: `(version, variant, width, minimalistic)` of the model.
         style: the style the user asked for, or None.
         default_style: the version's default style.
@@ -50,7 +54,8 @@ def resolve_weights(weights, arch, style, default_style, include_top, num_classe
         input_size: input height, to pick keras.applications' per-size files.
 
     Returns:
-        `(source, style)`: source is None, a `Checkpoint` or a file path.
+        `(source, style)`: source is None, a `Checkpoint`, a file path or a
+        `keras_hub.Preset`.
     """
     if weights is None:
         return None, style or default_style
@@ -80,8 +85,16 @@ def resolve_weights(weights, arch, style, default_style, include_top, num_classe
             raise ValueError(
                 f"Checkpoint {weights!r} needs style={source.style!r}, got style={style!r}."
             )
+    elif keras_hub.is_preset(weights):
+        return keras_hub.resolve(weights, arch, style, include_top, num_classes)
     else:
         if not os.path.exists(weights):
+            family = weights.split("/")[0]
+            known = sorted(n for n in CHECKPOINTS if n.startswith(f"{family}/"))
+            if known and not weights.lower().endswith(TIMM_SUFFIXES + LEGACY_SUFFIXES):
+                raise ValueError(
+                    f"Unknown {family} checkpoint {weights!r}; expected one of {known}."
+                )
             if os.path.splitext(weights)[1] == "" and os.sep not in weights:
                 raise ValueError(
                     f"Unknown weights {weights!r}: expected None, 'imagenet', a file path or "
@@ -89,7 +102,11 @@ def resolve_weights(weights, arch, style, default_style, include_top, num_classe
                 )
             raise FileNotFoundError(f"Weights file {weights!r} does not exist.")
         fmt = _file_format(weights)
-        file_style = {"timm": "timm", "keras": "keras"}.get(fmt, default_style)
+        if fmt == "timm" and is_torchvision_state_dict(_state_dict_keys(weights)):
+            fmt = "torchvision"
+        file_style = {"timm": "timm", "keras": "keras", "torchvision": "torchvision"}.get(
+            fmt, default_style
+        )
         return weights, style or file_style
     if include_top and num_classes is not None and num_classes != source.num_classes:
         raise ValueError(
@@ -107,37 +124,44 @@ def cache_dir():
 
 
 def download(checkpoint, include_top=True):
-    """Fetch a checkpoint through `keras.utils.get_file` (cached, hash-checked).
+    """The checkpoint's file in the cache, downloaded first if needed.
 
-    A file whose hash does not match is deleted, so the cache never keeps it.
+    Written under a temporary name and renamed once complete and
+    hash-checked (`download.fetch_url`), so the cache never keeps a partial
+    or mismatched file. Raises `WeightsDownloadError` (an `OSError`) naming
+    the URL and the cache file to create by hand when offline.
     """
-    import keras
-
     url, file_hash = checkpoint.url, checkpoint.file_hash
     if checkpoint.format == "keras" and not include_top and checkpoint.no_top_url:
         url, file_hash = checkpoint.no_top_url, checkpoint.no_top_hash
     fname = checkpoint.name.replace("/", "__") + os.path.splitext(url)[1]
     if not include_top and url == checkpoint.no_top_url:
         fname = fname.replace(".h5", "_no_top.h5")
-    directory = cache_dir()
-    # get_file falls back to /tmp/.keras when the directory does not exist yet.
-    os.makedirs(directory, exist_ok=True)
-    target = os.path.join(directory, fname)
-    try:
-        return keras.utils.get_file(
-            fname, origin=url, file_hash=file_hash, cache_dir=directory, cache_subdir=""
-        )
-    except ValueError as e:
-        if os.path.exists(target):
-            os.remove(target)
-        raise ValueError(
-            f"Downloaded {url} but its hash does not match {file_hash}; the file was "
-            "discarded."
-        ) from e
+    path = fetch_url(url, os.path.join(cache_dir(), fname), file_hash)
+    if checkpoint.format == "torchvision":
+        check_hash_prefix(path, url)
+    return path
+
+
+def fetch(source, include_top=True):
+    """A resolved source with its download done: a `Checkpoint` becomes its
+    cached file's path; None, paths and presets are returned as they are.
+
+    The builder calls this before building, so that a missing connection
+    fails at once and clearly.
+    """
+    if isinstance(source, Checkpoint):
+        return download(source, include_top)
+    return source
+
+
+def _in_cache(path):
+    return os.path.dirname(os.path.abspath(path)) == os.path.abspath(cache_dir())
 
 
 def read_timm_file(path):
-    """A timm state_dict from safetensors (preferred) or a torch pickle (weights only)."""
+    """A timm or torchvision state_dict from safetensors (preferred) or a
+    torch pickle (weights only)."""
     if path.lower().endswith(".safetensors"):
         from safetensors.numpy import load_file
 
@@ -152,6 +176,20 @@ def read_timm_file(path):
     if not isinstance(state, dict):
         raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state_dict.")
     return state
+
+
+def _state_dict_keys(path):
+    """The tensor names of a torch weights file; empty if it cannot be read
+    (loading it then reports why)."""
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, "np") as f:
+                return set(f.keys())
+        return set(read_timm_file(path))
+    except Exception:
+        return set()
 
 
 def read_keras_h5(path):
@@ -189,7 +227,8 @@ def unchanged_on_error(model, path):
     except BaseException as e:
         for variable, value in zip(model.weights, snapshot):
             variable.assign(value)
-        if isinstance(e, (ValueError, FileNotFoundError, TypeError)):
+        # KeyboardInterrupt, SystemExit ... pass through as they are.
+        if isinstance(e, (ValueError, FileNotFoundError, TypeError)) or not isinstance(e, Exception):
             raise
         raise ValueError(
             f"Could not load weights from {path!r} ({type(e).__name__}: {e}). The file is "
@@ -202,12 +241,21 @@ def load_file(model, path, fmt=None):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Weights file {path!r} does not exist.")
+    if keras_hub.is_preset(path):
+        with unchanged_on_error(model, path):
+            keras_hub.load_preset(model, path)
+        return
     if os.path.getsize(path) == 0:
         raise ValueError(f"Weights file {path!r} is empty.")
     fmt = fmt or _file_format(path)
     with unchanged_on_error(model, path):
-        if fmt == "timm":
-            load_timm_state_dict(model, read_timm_file(path))
+        if fmt in ("timm", "torchvision"):
+            # Told apart by their keys, whatever the file or checkpoint says.
+            state = read_timm_file(path)
+            if is_torchvision_state_dict(state):
+                load_torchvision_state_dict(model, state)
+            else:
+                load_timm_state_dict(model, state)
         elif fmt == "keras":
             load_keras_h5(model, path)
         else:
@@ -219,7 +267,15 @@ def load_weights(model, source, include_top=True):
     if source is None:
         return model
     if isinstance(source, Checkpoint):
-        load_file(model, download(source, include_top), source.format)
+        source = download(source, include_top)
+    if isinstance(source, str) and _in_cache(source):
+        try:
+            load_file(model, source)
+        except ValueError as e:
+            raise ValueError(
+                f"{e} It is a cached download: delete {source} and run again to fetch it "
+                "afresh."
+            ) from e
     else:
         load_file(model, source)
     return model

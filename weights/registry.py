@@ -11,6 +11,10 @@ Two families:
   no hash we could pin offline, so these are verified by the strict
   tensor-by-tensor shape check of the loader instead.
 
+torchvision's `mobilenet_v2` / `mobilenet_v3_*` `.pth` files (symmetric
+padding, checked against the sha256 prefix in their names) are registered by
+`weights/torchvision.py`.
+
 `register_checkpoint` adds entries (e.g. a private mirror).
 """
 
@@ -36,9 +40,11 @@ class Checkpoint:
             says everything).
         width: effective width multiplier.
         minimalistic: MobileNetV3 minimalistic form.
-        format: "keras" (legacy `.h5`, matched layer by layer in order) or
-            "timm" (safetensors state_dict, matched by module name).
-        style: the factory style the weights need ("keras" or "timm").
+        format: "keras" (legacy `.h5`, matched layer by layer in order),
+            "timm" (safetensors state_dict, matched by module name) or
+            "torchvision" (`.pth` state_dict, matched by module name).
+        style: the factory style the weights need ("keras", "timm" or
+            "torchvision").
         url, file_hash: the full-model file and its hash (md5 or sha256, or
             None when the publisher gives none).
         no_top_url, no_top_hash: keras.applications' file without the top.
@@ -161,6 +167,7 @@ _INCEP = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD)
 _TIMM = [
     ("mobilenetv1_100.ra4_e3600_r224_in1k", "v1", None, 1.0, "timm", dict(crop_pct=0.875, **_INCEP)),
     ("mobilenetv1_125.ra4_e3600_r224_in1k", "v1", None, 1.25, "timm", dict(crop_pct=0.9, **_INCEP)),
+    ("mobilenetv1_100h.ra4_e3600_r224_in1k", "v1", "100h", 1.0, "timm", dict(crop_pct=0.875, **_INCEP)),
     ("mobilenetv2_100.ra_in1k", "v2", None, 1.0, "timm", _IMNET),
     ("mobilenetv2_050.lamb_in1k", "v2", None, 0.5, "timm", _IMNET),
     ("mobilenetv2_140.ra_in1k", "v2", None, 1.4, "timm", _IMNET),
@@ -169,9 +176,12 @@ _TIMM = [
     ("mobilenetv3_large_100.ra_in1k", "v3", "large", 1.0, "timm", _IMNET),
     ("mobilenetv3_large_100.ra4_e3600_r224_in1k", "v3", "large", 1.0, "timm", dict(crop_pct=0.95, **_INCEP)),
     ("mobilenetv3_large_100.miil_in21k_ft_in1k", "v3", "large", 1.0, "timm",
-     dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))),
+     dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bilinear")),
     ("mobilenetv3_large_150d.ra4_e3600_r256_in1k", "v3", "large_150d", 1.5, "timm",
-     dict(input_size=256, crop_pct=0.95, **_INCEP)),
+     dict(input_size=256, crop_pct=0.95, interpolation="bilinear", **_INCEP)),
+    ("mobilenetv3_rw.rmsp_in1k", "v3", "rw", 1.0, "timm", _IMNET),
+    ("mobilenetv3_large_100.miil_in21k", "v3", "large", 1.0, "timm",
+     dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=11221, interpolation="bilinear")),
     ("mobilenetv3_small_100.lamb_in1k", "v3", "small", 1.0, "timm", _IMNET),
     ("mobilenetv3_small_075.lamb_in1k", "v3", "small", 0.75, "timm", _IMNET),
     ("mobilenetv3_small_050.lamb_in1k", "v3", "small", 0.5, "timm", _IMNET),
@@ -193,10 +203,24 @@ _TIMM = [
      dict(input_size=384, crop_pct=0.95, **_IMNET)),
     ("mobilenetv4_conv_medium.e180_r384_in12k", "v4", "conv_medium", 1.0, "timm",
      dict(input_size=384, crop_pct=1.0, num_classes=11821, **_IMNET)),
+    ("mobilenetv4_conv_medium.e180_ad_r384_in12k", "v4", "conv_medium", 1.0, "timm",
+     dict(input_size=384, crop_pct=1.0, num_classes=11821, **_IMNET)),
+    ("mobilenetv4_conv_medium.e250_r384_in12k", "v4", "conv_medium", 1.0, "timm",
+     dict(input_size=384, crop_pct=1.0, num_classes=11821, **_IMNET)),
+    ("mobilenetv4_conv_blur_medium.e500_r224_in1k", "v4", "conv_blur_medium", 1.0, "timm",
+     dict(crop_pct=0.95, **_IMNET)),
     ("mobilenetv4_conv_large.e600_r384_in1k", "v4", "conv_large", 1.0, "timm",
      dict(input_size=384, crop_pct=0.95, **_IMNET)),
     ("mobilenetv4_conv_large.e500_r256_in1k", "v4", "conv_large", 1.0, "timm",
      dict(input_size=256, crop_pct=0.95, **_IMNET)),
+    ("mobilenetv4_conv_aa_large.e600_r384_in1k", "v4", "conv_aa_large", 1.0, "timm",
+     dict(input_size=384, crop_pct=0.95, **_IMNET)),
+    ("mobilenetv4_conv_aa_large.e230_r384_in12k_ft_in1k", "v4", "conv_aa_large", 1.0, "timm",
+     dict(input_size=384, crop_pct=0.95, **_IMNET)),
+    ("mobilenetv4_conv_aa_large.e230_r448_in12k_ft_in1k", "v4", "conv_aa_large", 1.0, "timm",
+     dict(input_size=448, crop_pct=0.95, **_IMNET)),
+    ("mobilenetv4_conv_aa_large.e230_r384_in12k", "v4", "conv_aa_large", 1.0, "timm",
+     dict(input_size=384, crop_pct=0.95, num_classes=11821, **_IMNET)),
     ("mobilenetv4_hybrid_medium.ix_e550_r256_in1k", "v4", "hybrid_medium", 1.0, "timm",
      dict(input_size=256, crop_pct=0.95, **_IMNET)),
     ("mobilenetv4_hybrid_medium.ix_e550_r384_in1k", "v4", "hybrid_medium", 1.0, "timm",
@@ -210,6 +234,9 @@ _TIMM = [
      dict(input_size=384, crop_pct=0.95, **_IMNET)),
     ("mobilenetv4_hybrid_large.e600_r384_in1k", "v4", "hybrid_large", 1.0, "timm",
      dict(input_size=384, crop_pct=0.95, **_IMNET)),
+    # Gemma 3n's vision encoder: no classifier.
+    ("mobilenetv5_300m.gemma3n", "v5", "300m", 1.0, "timm",
+     dict(input_size=768, crop_pct=1.0, num_classes=0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))),
 ]
 
 
@@ -220,7 +247,9 @@ def _timm():
             f"timm/{hub_id}", version, variant, width, "timm", style,
             url=HF_BASE.format(hub_id),
             minimalistic=extra.pop("minimalistic", False),
-            interpolation="bilinear" if hub_id.startswith("tf_") else "bicubic",
+            interpolation=extra.pop(
+                "interpolation", "bilinear" if hub_id.startswith("tf_") else "bicubic"
+            ),
             aliases=(hub_id,),
             **extra,
         )

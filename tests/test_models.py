@@ -1,0 +1,69 @@
+"""The shared model checks (tests/harness.py), once per MobileNet version.
+
+Reference equivalence (keras.applications / timm counts and logits) is in
+test_mobilenet_v1_v2.py, test_mobilenet_v3.py and test_mobilenet_v4.py.
+"""
+
+import keras
+import pytest
+from harness import (
+    FAMILIES,
+    check_dynamic_input_shapes,
+    check_fit,
+    check_forward_is_a_distribution,
+    check_keras_file_round_trip,
+    check_mixed_precision_forward,
+    check_output_shapes,
+    check_parameter_count,
+    count_cases,
+)
+
+VERSIONS = list(FAMILIES)
+
+
+@pytest.mark.parametrize("version, key", count_cases(), ids=lambda v: str(v))
+def test_parameter_count(version, key):
+    check_parameter_count(version, key)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_output_shapes(version):
+    check_output_shapes(version)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_forward_is_a_distribution(version):
+    check_forward_is_a_distribution(version)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_dynamic_input_shapes(version):
+    check_dynamic_input_shapes(version)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_keras_file_round_trip(version, tmp_keras_path):
+    check_keras_file_round_trip(version, tmp_keras_path)
+
+
+@pytest.fixture
+def policy():
+    old = keras.config.dtype_policy()
+    yield keras.config.set_dtype_policy
+    keras.config.set_dtype_policy(old)
+
+
+@pytest.mark.parametrize("name", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_mixed_precision_forward(version, name, policy):
+    policy(name)
+    check_mixed_precision_forward(version, name)
+
+
+# Float32 training: V1, as in the README's quick start (whose block
+# test_readme.py runs as written). Every version trains, under mixed_float16,
+# in test_robustness.py; a train step is the costliest thing to compile, so
+# it is not compiled twice per version.
+@pytest.mark.parametrize("version", ["v1"])
+def test_fit(version):
+    check_fit(version)

@@ -1,0 +1,518 @@
+"""Load keras-hub MobileNet presets (`weights="path/to/preset_dir"`).
+
+A keras-hub preset directory (what `backbone.save_to_preset(dir)` or
+`classifier.save_to_preset(dir)` writes, or a downloaded Kaggle preset)
+holds `config.json` (the backbone's config), `model.weights.h5`, and for a
+classifier also `task.json` and `task.weights.h5` (its head).
+
+keras-hub's layers cannot declare our reference names, so their timm names
+are declared here, in one table per keras-hub class, copied from keras-hub's
+own timm converter (`keras_hub/src/utils/timm/convert_mobilenet.py`, which
+builds these presets from timm's checkpoints). A preset is turned into a
+timm-named state_dict and loaded by the timm loader, all or nothing.
+
+The weights are read by keras-hub itself (`Backbone.from_preset`) when
+keras-hub is importable, else straight from the `.weights.h5` files with
+h5py, whose groups Keras names after each layer's class (`conv2d`,
+`inverted_residual_block_3`, ...) in model order, and then its attributes.
+
+keras-hub's MobileNetV3 pads symmetrically (explicit `ZeroPadding2D`) and
+uses BatchNorm epsilon 1e-5: the model is built with `style="timm"`.
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+
+from keras_mobilenets.layers import make_divisible
+
+from .timm import load_timm_state_dict
+
+CONFIG_FILE = "config.json"
+BACKBONE_WEIGHTS = "model.weights.h5"
+TASK_CONFIG = "task.json"
+TASK_WEIGHTS = "task.weights.h5"
+PREPROCESSOR_CONFIG = "preprocessor.json"
+
+# keras-hub class -> {attribute: timm module}, in the order keras-hub creates
+# them (keras_hub/src/utils/timm/convert_mobilenet.py: `port_conv2d(...)`).
+_SUBLAYERS = {
+    "DepthwiseConvBlock": {
+        "conv1": "conv_dw",
+        "batch_normalization1": "bn1",
+        "se_layer": "se",
+        "conv2": "conv_pw",
+        "batch_normalization2": "bn2",
+    },
+    "InvertedResidualBlock": {
+        "conv1": "conv_pw",
+        "batch_normalization1": "bn1",
+        "conv2": "conv_dw",
+        "batch_normalization2": "bn2",
+        "squeeze_excite": "se",
+        "conv3": "conv_pwl",
+        "batch_normalization3": "bn3",
+    },
+    "ConvBnActBlock": {"conv": "conv", "batch_normalization": "bn1"},
+    "SqueezeAndExcite2D": {"conv_reduce": "conv_reduce", "conv_expand": "conv_expand"},
+}
+# Keras names a layer's group in a `.weights.h5` file after its class.
+_H5_NAMES = {
+    "Conv2D": "conv2d",
+    "BatchNormalization": "batch_normalization",
+    "Dense": "dense",
+    "DepthwiseConvBlock": "depthwise_conv_block",
+    "InvertedResidualBlock": "inverted_residual_block",
+    "ConvBnActBlock": "conv_bn_act_block",
+}
+# MobileNetImageClassifier's head.
+_TASK_LAYERS = [("classifier_conv", "Conv2D", "conv_head"), ("predictions", "Dense", "classifier")]
+# The last conv's width at width 1 (timm's `blocks.<last>.0`), to name a
+# preset's variant and width in messages.
+_LAST_CONV = {"small": 576, "large": 960}
+_ACTIVATION_ALIASES = {"hard_silu": "hard_swish", "silu": "swish"}
+
+
+def is_preset(path):
+    """Whether `path` is a directory, i.e. is meant as a keras-hub preset."""
+    return os.path.isdir(os.fspath(path))
+
+
+def _read_json(path, what):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Could not read the {what} {path!r}: {e}.") from e
+
+
+def read_config(path):
+    """The backbone config of the keras-hub preset `path` (its `config.json`)."""
+    path = os.fspath(path)
+    config_file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(config_file):
+        raise ValueError(
+            f"Directory {path!r} is not a keras-hub preset: it has no {CONFIG_FILE} (a preset "
+            f"directory holds {CONFIG_FILE}, metadata.json and {BACKBONE_WEIGHTS}, as written by "
+            "keras-hub's `save_to_preset`). Weights must be None, 'imagenet', a checkpoint "
+            "name, a weights file or a keras-hub preset directory."
+        )
+    config = _read_json(config_file, "keras-hub preset config")
+    class_name = config.get("class_name") if isinstance(config, dict) else None
+    if class_name == "MobileNetV5Backbone":
+        raise ValueError(
+            f"keras-hub preset {path!r} holds a MobileNetV5Backbone, which cannot be loaded "
+            "exactly: keras-hub's MobileNetV5 uses the exact (erf) GELU where timm's, and so "
+            "ours, uses the tanh approximation. Load timm's MobileNetV5 checkpoint instead."
+        )
+    if class_name != "MobileNetBackbone":
+        raise ValueError(
+            f"keras-hub preset {path!r} holds a {class_name or 'model of unknown class'}, not a "
+            "MobileNetBackbone (keras-hub's MobileNetV3): it cannot be loaded into a MobileNet."
+        )
+    return config["config"]
+
+
+def _stages(config):
+    """`[(keras-hub layer name, class, timm module)]` of the backbone's weighted
+    layers, in model order."""
+    out = [
+        ("input_conv", "Conv2D", "conv_stem"),
+        ("input_batch_norm", "BatchNormalization", "bn1"),
+        ("block_0_0", "DepthwiseConvBlock", "blocks.0.0"),
+    ]
+    blocks = config["stackwise_num_blocks"]
+    for i, count in enumerate(blocks):
+        out += [
+            (f"block_{i + 1}_{j}", "InvertedResidualBlock", f"blocks.{i + 1}.{j}")
+            for j in range(count)
+        ]
+    last = len(blocks) + 1
+    out.append((f"block_{last}_0", "ConvBnActBlock", f"blocks.{last}.0"))
+    return out
+
+
+def describe(config):
+    """`(variant, width)` of a MobileNetBackbone config: keras-hub's
+    MobileNetV3 Small has 4 inverted-residual stages, Large 5; the width is
+    estimated from the last conv. variant is None for other layouts."""
+    variant = {4: "small", 5: "large"}.get(len(config["stackwise_num_blocks"]))
+    last = make_divisible(config["last_layer_filter"])
+    return variant, (last / _LAST_CONV[variant] if variant else None)
+
+
+def _preset_name(path, config):
+    variant, width = describe(config)
+    if variant is None:
+        return (
+            f"keras-hub preset {path!r} (a MobileNetBackbone with "
+            f"{len(config['stackwise_num_blocks'])} inverted-residual stages)"
+        )
+    return f"keras-hub preset {path!r} (MobileNetV3 variant={variant!r} width={width:.3g})"
+
+
+class Preset(os.PathLike):
+    """A resolved keras-hub preset: its path, and what a model built for it
+    needs (class count, preprocessing)."""
+
+    def __init__(self, path, num_classes=None, mean=None, std=None):
+        self.path = path
+        self.num_classes = num_classes if num_classes is not None else 1000
+        if mean is not None:
+            self.mean, self.std = mean, std
+
+    def __fspath__(self):
+        return self.path
+
+    def __repr__(self):
+        return f"Preset({self.path!r})"
+
+
+def _task(path):
+    """The preset's `MobileNetImageClassifier` config, or None."""
+    task_file = os.path.join(path, TASK_CONFIG)
+    if not os.path.isfile(task_file):
+        return None
+    task = _read_json(task_file, "keras-hub task config")
+    if task.get("class_name") != "MobileNetImageClassifier":
+        raise ValueError(
+            f"keras-hub preset {path!r} has a {task.get('class_name')} task, not a "
+            "MobileNetImageClassifier."
+        )
+    return task["config"]
+
+
+def _mean_std(path):
+    """Mean and std of the preset's image converter (`x * scale + offset` on
+    [0, 255] inputs), or `(None, None)` when it has none."""
+    file = os.path.join(path, PREPROCESSOR_CONFIG)
+    if not os.path.isfile(file):
+        return None, None
+    config = _read_json(file, "keras-hub preprocessor config").get("config", {})
+    converter = (config.get("image_converter") or {}).get("config", {})
+    scale, offset = converter.get("scale"), converter.get("offset")
+    if scale is None:
+        return None, None
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (3,))
+    offset = np.broadcast_to(np.asarray(offset or 0.0, dtype=np.float64), (3,))
+    std = 1.0 / (255.0 * scale)
+    return tuple(float(v) for v in -offset * std), tuple(float(v) for v in std)
+
+
+def resolve(path, arch, style, include_top, num_classes):
+    """Check a preset against the requested architecture before building.
+
+    Args:
+        path: the preset directory.
+        arch: `(version, variant, width, minimalistic)` of the model.
+        style, include_top, num_classes: as `loading.resolve_weights`.
+
+    Returns:
+        `(Preset, "timm")`.
+    """
+    config = read_config(path)
+    version, variant, width, minimalistic = arch
+    found_variant, _ = describe(config)
+    want_last = make_divisible(_LAST_CONV.get(variant, 0) * width)
+    if (
+        version != "v3"
+        or minimalistic
+        or variant != found_variant
+        or want_last != make_divisible(config["last_layer_filter"])
+    ):
+        requested = f"MobileNet{version.upper()} variant={variant!r} width={width:g}"
+        if version != "v3":
+            hint = "keras-hub's MobileNetBackbone is a MobileNetV3: use create_mobilenetv3"
+        elif minimalistic:
+            requested += " minimalistic=True"
+            hint = "keras-hub has no minimalistic MobileNetV3"
+        else:
+            hint = "build the model with the preset's variant and width_multiplier"
+        raise ValueError(
+            f"{_preset_name(path, config)} does not match the requested {requested}: {hint}."
+        )
+    if style not in (None, "timm"):
+        raise ValueError(
+            f"keras-hub presets need style='timm' (symmetric padding, BatchNorm epsilon "
+            f"1e-5), got style={style!r}."
+        )
+    task = _task(path)
+    classes = task["num_classes"] if task else None
+    if include_top and task is None:
+        raise ValueError(
+            f"keras-hub preset {path!r} has a backbone but no classifier ({TASK_CONFIG}, "
+            f"{TASK_WEIGHTS}): pass include_top=False to load the backbone."
+        )
+    if include_top and num_classes is not None and num_classes != classes:
+        raise ValueError(
+            f"keras-hub preset {path!r} has a {classes}-class classifier but "
+            f"num_classes={num_classes}. Pass num_classes={classes}, or include_top=False to "
+            "load only the backbone."
+        )
+    mean, std = _mean_std(path)
+    return Preset(os.fspath(path), classes, mean, std), "timm"
+
+
+# ------------------------------------------------------ reading the weights
+
+
+def _timm_tensors(arrays, module):
+    """A Keras layer's variables (`Conv2D`, `Dense` or `BatchNormalization`,
+    in creation order) as timm's tensors of `module`."""
+    first = arrays[0]
+    if first.ndim == 4:  # Conv2D (groups too): (kh, kw, in/groups, out)
+        out = {f"{module}.weight": first.transpose(3, 2, 0, 1)}
+    elif first.ndim == 2:  # Dense: (in, out)
+        out = {f"{module}.weight": first.T}
+    elif len(arrays) == 4:  # BatchNormalization: gamma, beta, mean, variance
+        names = ("weight", "bias", "running_mean", "running_var")
+        return {f"{module}.{n}": a for n, a in zip(names, arrays)}
+    else:
+        raise ValueError(f"Unexpected keras-hub variables {[a.shape for a in arrays]} ({module}).")
+    if len(arrays) == 2:
+        out[f"{module}.bias"] = arrays[1]
+    return out
+
+
+def _walk(layers, variables_of, children_of, class_of):
+    """timm state_dict of `[(layer, class, timm module)]`: leaf layers give
+    their variables, blocks are walked through `_SUBLAYERS`."""
+    state = {}
+    for layer, class_name, module in layers:
+        table = _SUBLAYERS.get(class_name)
+        if table is None:
+            state.update(_timm_tensors(variables_of(layer), module))
+            continue
+        children = children_of(layer)
+        unknown = sorted(set(children) - set(table))
+        if unknown:
+            raise ValueError(
+                f"keras-hub layer {module} ({class_name}) has sub-layers {unknown} with no "
+                "declared timm name."
+            )
+        for attribute, name in table.items():
+            if attribute in children:
+                child = children[attribute]
+                state.update(
+                    _walk([(child, class_of(child, attribute), f"{module}.{name}")],
+                          variables_of, children_of, class_of)
+                )
+    return state
+
+
+def _read_with_keras_hub(path, config, task):
+    import keras
+    import keras_hub
+
+    if task is not None:
+        model = keras_hub.models.ImageClassifier.from_preset(path)
+        backbone = model.backbone
+    else:
+        backbone = keras_hub.models.Backbone.from_preset(path)
+
+    def children(layer):
+        return {
+            attr: getattr(layer, attr)
+            for attr in _SUBLAYERS[type(layer).__name__]
+            if getattr(layer, attr, None) is not None and getattr(layer, attr).weights
+        }
+
+    def variables(layer):
+        return [np.asarray(keras.ops.convert_to_numpy(v)) for v in layer.weights]
+
+    layers = [(backbone.get_layer(n), c, m) for n, c, m in _stages(config)]
+    if task is not None:
+        layers += [(model.get_layer(n), c, m) for n, c, m in _TASK_LAYERS]
+    state = _walk(layers, variables, children, lambda child, _: type(child).__name__)
+    # One timm tensor per Keras variable: every variable must have been named.
+    counted = len((model if task is not None else backbone).weights)
+    if len(state) != counted:
+        raise ValueError(
+            f"keras-hub preset {path!r}: the model has {counted} variables but only "
+            f"{len(state)} have a declared timm name."
+        )
+    return state
+
+
+def _h5_layers(layers):
+    """Keras' `.weights.h5` group of each `(name, class, module)`: the class in
+    snake case, `_<k>` for its k-th repeat, in model order."""
+    counts = {}
+    out = []
+    for _, class_name, module in layers:
+        k = counts.get(class_name, 0)
+        counts[class_name] = k + 1
+        out.append((_H5_NAMES[class_name] + (f"_{k}" if k else ""), class_name, module))
+    return out
+
+
+def _read_h5(file, layers):
+    import h5py
+
+    if not os.path.isfile(file):
+        raise ValueError(f"keras-hub preset file {file!r} is missing.")
+
+    with h5py.File(file, "r") as f:
+        root = f["layers"]
+        groups = [(root[g] if g in root else None, c, m) for g, c, m in _h5_layers(layers)]
+        missing = [m for g, _, m in groups if g is None]
+        if missing:
+            raise ValueError(
+                f"{file!r} has no weights for {missing[:5]}: it is not the weights file of "
+                "the preset's config."
+            )
+
+        def variables(group):
+            values = group["vars"]
+            return [np.asarray(values[str(i)]) for i in range(len(values))]
+
+        def children(group):
+            return {k: g for k, g in group.items() if k != "vars" and _has_vars(g)}
+
+        def class_of(group, attribute):
+            return "SqueezeAndExcite2D" if attribute in ("se_layer", "squeeze_excite") else "leaf"
+
+        expected = {g for g, _, _ in _h5_layers(layers)}
+        extra = sorted(k for k, g in root.items() if k not in expected and _has_vars(g))
+        if extra:
+            raise ValueError(
+                f"{file!r} has weights {extra[:5]} that the preset's config does not declare."
+            )
+        return _walk(groups, variables, children, class_of)
+
+
+def _has_vars(group):
+    import h5py
+
+    if not isinstance(group, h5py.Group):
+        return False
+    if "vars" in group and len(group["vars"]):
+        return True
+    return any(_has_vars(g) for k, g in group.items() if k != "vars")
+
+
+def read_state_dict(path, with_head=True, use_keras_hub=None):
+    """The timm-named state_dict (numpy) of the keras-hub preset `path`.
+
+    Args:
+        with_head: include the classifier head when the preset has one.
+        use_keras_hub: read through keras-hub (`True`), with h5py (`False`),
+            or keras-hub when it is importable (None).
+    """
+    path = os.fspath(path)
+    config = read_config(path)
+    task = _task(path) if with_head else None
+    if use_keras_hub is None:
+        try:
+            import keras_hub  # noqa: F401
+
+            use_keras_hub = True
+        except ImportError:
+            use_keras_hub = False
+    if use_keras_hub:
+        return _read_with_keras_hub(path, config, task)
+    state = _read_h5(os.path.join(path, BACKBONE_WEIGHTS), _stages(config))
+    if task is not None:
+        state.update(_read_h5(os.path.join(path, TASK_WEIGHTS), _TASK_LAYERS))
+    return state
+
+
+# ------------------------------------------------------- architecture check
+
+# What the weights cannot tell: each block's stride, activation, skip and the
+# numerical conventions (keras-hub: symmetric padding, BatchNorm eps 1e-5).
+_FIELDS = ("output channels", "kernel size", "stride", "activation", "residual", "padding",
+           "BatchNorm epsilon")
+
+
+def _activation(name):
+    name = name if isinstance(name, str) else getattr(name, "__name__", str(name))
+    return _ACTIVATION_ALIASES.get(name, name)
+
+
+def preset_layout(config):
+    """timm module -> `_FIELDS` of each block of a MobileNetBackbone config."""
+    c = config
+
+    def row(filters, kernel, stride, activation, skip=False):
+        return (filters, kernel, stride, _activation(activation), skip, "symmetric", 1e-5)
+
+    stem = make_divisible(c["input_num_filters"])
+    out = {
+        "conv_stem": row(stem, 3, 2, c["input_activation"]),
+        "blocks.0.0": row(c["depthwise_filters"], 3, c["depthwise_stride"], "relu",
+                          bool(c["depthwise_residual"])),
+    }
+    channels = c["depthwise_filters"]
+    for i, count in enumerate(c["stackwise_num_blocks"]):
+        for j in range(count):
+            filters = make_divisible(c["stackwise_num_filters"][i][j])
+            stride = c["stackwise_num_strides"][i][j]
+            out[f"blocks.{i + 1}.{j}"] = row(
+                filters, c["stackwise_kernel_size"][i][j], stride,
+                c["stackwise_activation"][i][j], stride == 1 and channels == filters,
+            )
+            channels = filters
+    last = len(c["stackwise_num_blocks"]) + 1
+    out[f"blocks.{last}.0"] = row(make_divisible(c["last_layer_filter"]), 1, 1, "hard_swish")
+    return out
+
+
+def model_layout(model):
+    """The same for our model, from the timm names its layers declare."""
+    out = {}
+    for layer in model.layers:
+        timm = (getattr(layer, "reference_names", None) or {}).get("timm")
+        if timm == "" and tuple(getattr(layer, "timm_names", ()))[:1] == ("conv_stem",):
+            timm = "conv_stem"
+        if not timm or not re.fullmatch(r"conv_stem|blocks\.\d+\.\d+", timm):
+            continue
+        c = layer.get_config()
+        out[timm] = (
+            c.get("filters"), c.get("kernel_size"), c.get("strides"),
+            _activation(c.get("activation")), bool(getattr(layer, "has_skip", False)),
+            c.get("padding"), c.get("bn_epsilon"),
+        )
+    return out
+
+
+def check_layout(model, path, config):
+    """Refuse a preset whose blocks differ from the model's (before any weight
+    is written); names the first difference."""
+    theirs, ours = preset_layout(config), model_layout(model)
+    for module in list(theirs) + [m for m in ours if m not in theirs]:
+        a, b = theirs.get(module), ours.get(module)
+        if a == b:
+            continue
+        if a is None or b is None:
+            detail = f"{module} is only in {'the model' if a is None else 'the preset'}"
+        else:
+            i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+            detail = f"{module} has {_FIELDS[i]} {a[i]!r} in the preset and {b[i]!r} in the model"
+        raise ValueError(
+            f"{_preset_name(path, config)} does not match model {model.name!r}: {detail}. "
+            "Build the model with the preset's variant and width_multiplier and "
+            "style='timm' (what weights=<preset> does); the model's weights are unchanged."
+        )
+
+
+def load_preset(model, path, use_keras_hub=None):
+    """Load the keras-hub preset directory `path` into `model`, all or nothing.
+
+    The model must be built with `style="timm"` (what `weights=path` in a
+    factory does). Its classifier is loaded from the preset's task when the
+    model has one.
+    """
+    path = os.fspath(path)
+    config = read_config(path)
+    check_layout(model, path, config)
+    has_top = any(layer.name == "classifier" for layer in model.layers)
+    if has_top and _task(path) is None:
+        raise ValueError(
+            f"keras-hub preset {path!r} has no classifier ({TASK_CONFIG}): build the model "
+            "with include_top=False."
+        )
+    load_timm_state_dict(model, read_state_dict(path, has_top, use_keras_hub=use_keras_hub))
+    return model
