@@ -20,7 +20,7 @@ from keras_mobilenets import (
     create_mobilenetv4,
     create_mobilenetv5,
 )
-from keras_mobilenets.builder import STYLE_NAMES
+from keras_mobilenets.architecture import STYLE_NAMES
 
 FACTORIES = {
     "v1": create_mobilenetv1,

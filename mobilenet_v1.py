@@ -11,7 +11,8 @@ Example:
 
 import dataclasses
 
-from keras_mobilenets.builder import DS, Architecture, Head, Variant, build_model
+from keras_mobilenets.architecture import DS, Architecture, Head, Variant
+from keras_mobilenets.builder import build_model
 from keras_mobilenets.features import count_macs, feature_pyramid, preprocess_for
 
 __all__ = ["create_mobilenetv1", "count_macs", "feature_pyramid", "preprocess_input"]

@@ -9,15 +9,8 @@ Example:
     >>> model = create_mobilenetv2(variant="1.0", width_multiplier=0.75)
 """
 
-from keras_mobilenets.builder import (
-    DS,
-    IR,
-    Architecture,
-    Head,
-    TorchvisionLayout,
-    Variant,
-    build_model,
-)
+from keras_mobilenets.architecture import DS, IR, Architecture, Head, TorchvisionLayout, Variant
+from keras_mobilenets.builder import build_model
 from keras_mobilenets.features import count_macs, feature_pyramid, preprocess_for
 
 __all__ = ["create_mobilenetv2", "count_macs", "feature_pyramid", "preprocess_input"]

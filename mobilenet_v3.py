@@ -11,7 +11,7 @@ Example:
 
 import dataclasses
 
-from keras_mobilenets.builder import (
+from keras_mobilenets.architecture import (
     DS,
     IR,
     Architecture,
@@ -19,8 +19,8 @@ from keras_mobilenets.builder import (
     Head,
     TorchvisionLayout,
     Variant,
-    build_model,
 )
+from keras_mobilenets.builder import build_model
 from keras_mobilenets.features import count_macs, feature_pyramid
 
 __all__ = ["create_mobilenetv3", "count_macs", "feature_pyramid", "preprocess_input"]

@@ -11,7 +11,8 @@ Example:
     ...                            input_shape=(224, 224, 3))
 """
 
-from keras_mobilenets.builder import MQA, UIB, Architecture, Conv, Fused, Head, Variant, build_model
+from keras_mobilenets.architecture import MQA, UIB, Architecture, Conv, Fused, Head, Variant
+from keras_mobilenets.builder import build_model
 from keras_mobilenets.features import count_macs, feature_pyramid, preprocess_for
 from keras_mobilenets.weights.registry import IMAGENET_MEAN, IMAGENET_STD
 

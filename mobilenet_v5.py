@@ -13,7 +13,8 @@ Example:
     >>> encoder = create_mobilenetv5("300m", include_top=False)  # (None, 16, 16, 2048)
 """
 
-from keras_mobilenets.builder import MQA, MSFA, UIB, Architecture, Fused, Head, Variant, build_model
+from keras_mobilenets.architecture import MQA, MSFA, UIB, Architecture, Fused, Head, Variant
+from keras_mobilenets.builder import build_model
 from keras_mobilenets.features import count_macs, feature_pyramid, preprocess_for
 
 __all__ = ["create_mobilenetv5", "count_macs", "feature_pyramid", "preprocess_input"]

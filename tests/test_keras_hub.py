@@ -121,6 +121,11 @@ def test_h5_reader_matches_keras_hub(small_050):
         np.testing.assert_array_equal(value, direct[key], err_msg=key)
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="suite time: JAX compiles a new model for ~25 s; small_050 covers JAX, the "
+    "loading itself is numpy",
+)
 def test_large_preset(tmp_path):
     backbone = keras_hub_backbone("mobilenetv3_large_100", seed=2)
     backbone.save_to_preset(str(tmp_path / "large"))

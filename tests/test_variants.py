@@ -20,7 +20,7 @@ from keras_mobilenets import (
     create_mobilenetv3,
     create_mobilenetv4,
 )
-from keras_mobilenets.builder import IR, scale_depth, stages_of
+from keras_mobilenets.architecture import IR, scale_depth, stages_of
 from keras_mobilenets.weights import load_timm_state_dict
 from keras_mobilenets.weights.registry import CHECKPOINTS, default_checkpoint
 from mobilenet_v2 import VARIANTS as V2
@@ -120,9 +120,10 @@ def test_every_timm_checkpoint_is_registered_with_its_preprocessing():
     ],
 )
 def test_a_named_checkpoints_class_count_is_the_default(name, factory, variant, monkeypatch):
-    # The head is sized from the registry; the download itself is replaced.
+    # The head is sized from the registry; the download and load are replaced.
     from keras_mobilenets.weights import loading
 
+    monkeypatch.setattr(loading, "fetch", lambda source, include_top: None)
     monkeypatch.setattr(loading, "load_weights", lambda model, source, include_top: model)
     model = factory(variant, weights=name, input_shape=(32, 32, 3))
     assert model.output_shape == (None, CHECKPOINTS[name].num_classes)
@@ -138,3 +139,17 @@ def test_deep_variants_default_to_timm_style():
     assert model.get_layer("head_conv").conv.filters == 1280  # fixed head
     keras_style = create_mobilenetv2("110d", input_shape=(None, None, 3), style="keras")
     assert keras_style.get_layer("stem").padding == "same"
+
+
+def test_encoder_checkpoint_needs_include_top_false(monkeypatch):
+    from keras_mobilenets import create_mobilenetv5
+    from keras_mobilenets.weights import loading
+
+    name = "timm/mobilenetv5_300m.gemma3n"
+    with pytest.raises(ValueError, match="encoder without a classifier.*include_top=False"):
+        create_mobilenetv5("300m", weights=name, input_shape=(64, 64, 3))
+    checkpoint = CHECKPOINTS[name]
+    source, style = loading.resolve_weights(
+        name, ("v5", "300m", 1.0, False), None, "timm", False, None, 64
+    )
+    assert source is checkpoint and style == "timm"

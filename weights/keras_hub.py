@@ -18,6 +18,8 @@ h5py, whose groups Keras names after each layer's class (`conv2d`,
 
 keras-hub's MobileNetV3 pads symmetrically (explicit `ZeroPadding2D`) and
 uses BatchNorm epsilon 1e-5: the model is built with `style="timm"`.
+keras-hub's MobileNetV5 presets are refused: keras-hub uses the exact GELU
+there, timm and our MobileNetV5 the tanh approximation.
 """
 
 import json

@@ -108,6 +108,11 @@ def resolve_weights(weights, arch, style, default_style, include_top, num_classe
             fmt, default_style
         )
         return weights, style or file_style
+    if include_top and source.num_classes == 0:
+        raise ValueError(
+            f"Checkpoint {source.name!r} is an encoder without a classifier; build the model "
+            "with include_top=False (and pooling=None, 'avg' or 'max')."
+        )
     if include_top and num_classes is not None and num_classes != source.num_classes:
         raise ValueError(
             f"Checkpoint {source.name!r} has a {source.num_classes}-class classifier but "
