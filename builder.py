@@ -199,6 +199,9 @@ def build_model(
             f"{model_name} has no torchvision counterpart: style='torchvision' and torchvision "
             "weights are for MobileNetV2 and V3."
         )
+    if getattr(source, "activation", None):
+        # A source built with another activation (keras-hub's MobileNetV5: exact GELU).
+        arch = dataclasses.replace(arch, activation=source.activation)
     # Download before building: offline or stalled, it fails at once and clearly.
     weights_file = loading.fetch(source, include_top)
     style = Style.get(style_name, arch.keras_momentum, arch.keras_rounding, arch.torchvision)

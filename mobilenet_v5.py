@@ -115,8 +115,10 @@ def create_mobilenetv5(
         drop_path_rate: stochastic depth, rising linearly over the blocks
             from 0 to this value (as timm).
         classifier_activation: activation of the output, or None for logits.
-        weights: None (random init) or a timm `state_dict` file
-            (`.safetensors`/`.pth`, e.g. `mobilenetv5_300m.gemma3n`'s);
+        weights: None (random init), a timm `state_dict` file
+            (`.safetensors`/`.pth`, e.g. `mobilenetv5_300m.gemma3n`'s) or
+            a keras-hub MobileNetV5Backbone preset directory (built with
+            `style="keras"` and keras-hub's exact GELU, `include_top=False`);
             no checkpoint is registered for "imagenet".
         style: "timm" (symmetric padding, the default: `mobilenetv5_300m`,
             `mobilenetv5_base`) or "keras" (TF SAME padding:

@@ -55,7 +55,7 @@ def predict(model_path, image_paths, classes_path=None, top=5):
     from keras_mobilenets.train import load_image
 
     try:
-        model = keras.saving.load_model(model_path)
+        model = keras.saving.load_model(model_path, compile=False)
     except Exception as e:
         raise PredictError(f"Cannot load {model_path} as a Keras model: {e}") from e
     _, height, width, _ = model.input_shape

@@ -3,7 +3,9 @@
 The presets are made here, offline: keras-hub's MobileNetBackbone (and its
 MobileNetImageClassifier) built from the config keras-hub's timm converter
 gives a timm MobileNetV3, with random weights and BatchNorm statistics, then
-`save_to_preset`.
+`save_to_preset`. MobileNetV5: keras-hub's MobileNetV5Backbone built from
+our variant's rows (checked against keras-hub's own `mobilenetv5_300m`
+config), at width 0.25 of "base" to keep it small.
 """
 
 import json
@@ -15,10 +17,14 @@ import numpy as np
 import pytest
 from conftest import assert_matches_reference, infer, random_images, to_numpy
 
+from keras_mobilenets.architecture import MQA, Fused, stages_of
+from keras_mobilenets.layers import make_divisible
 from keras_mobilenets.weights import keras_hub as hub_presets
 from keras_mobilenets.weights import load_file
 from mobilenet_v2 import create_mobilenetv2
 from mobilenet_v3 import create_mobilenetv3
+from mobilenet_v5 import VARIANTS as V5_VARIANTS
+from mobilenet_v5 import create_mobilenetv5
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -193,11 +199,6 @@ def test_not_a_preset(small_050, tmp_path, monkeypatch):
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="holds a ResNetBackbone, not a MobileNetBackbone"):
         create_mobilenetv3("small", 0.5, include_top=False, weights=str(other))
-    # keras-hub's MobileNetV5 has exact GELU, timm's (and ours) tanh GELU.
-    config["class_name"] = "MobileNetV5Backbone"
-    (other / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="MobileNetV5Backbone, which cannot be loaded exactly"):
-        load_file(model, str(other))
 
     broken = tmp_path / "broken"
     shutil.copytree(backbone_only, broken)
@@ -214,3 +215,123 @@ def test_not_a_preset(small_050, tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="truncated, corrupt"):
             load_file(model, str(broken))
         assert all(np.array_equal(to_numpy(w), b) for w, b in zip(model.weights, before))
+
+
+# ------------------------------------------------------------------ MobileNetV5
+
+
+def keras_hub_v5_config(variant, width=1.0):
+    """keras-hub's MobileNetV5Backbone config of our `variant` at `width`,
+    written in keras-hub's (timm's) block strings."""
+    from keras_hub.src.models.mobilenetv5.mobilenetv5_builder import (
+        convert_arch_def_to_stackwise,
+    )
+
+    arch_def, channels = [], 64
+    for stage in stages_of(V5_VARIANTS[variant]):
+        rows = []
+        for r in stage:
+            if isinstance(r, MQA):
+                kv = f"_v{r.kv_stride}" if r.kv_stride > 1 else ""
+                rows.append(f"mqa_r1_k3_h{r.heads}{kv}_s1_d{r.key_dim}_c{channels}")
+                continue
+            channels = make_divisible(r.filters * width)
+            if isinstance(r, Fused):
+                rows.append(f"er_r1_k{r.kernel}_s{r.stride}_e{r.expansion:g}_c{channels}")
+            else:
+                rows.append(
+                    f"uir_r1_a{r.start}_k{r.middle}_s{r.stride}_e{r.expansion:g}_c{channels}"
+                )
+        arch_def.append(rows)
+    return dict(
+        convert_arch_def_to_stackwise(arch_def), stem_size=64, num_features=2048,
+        norm_layer="rms_norm", act_layer="gelu", use_msfa=True, layer_scale_init_value=1e-5,
+    )
+
+
+def test_v5_300m_config_is_keras_hubs():
+    # keras-hub's own mobilenetv5_300m (its Gemma 3n preset) is our 300m.
+    from keras_hub.src.utils.timm.convert_mobilenetv5 import convert_backbone_config
+
+    theirs = convert_backbone_config({"architecture": "mobilenetv5_300m"})
+    assert theirs == keras_hub_v5_config("300m")
+    assert hub_presets.describe(theirs) == ("300m", 1.0)
+
+
+@pytest.fixture(scope="module")
+def v5_base(tmp_path_factory):
+    """`(preset, backbone)`: keras-hub's MobileNetV5Backbone of our base at
+    width 0.25, random RMSNorm and layer-scale weights (its conv biases,
+    which timm has not, stay zero as keras-hub's converter leaves them)."""
+    config = keras_hub_v5_config("base", 0.25)
+    backbone = keras_hub.models.MobileNetV5Backbone(**config, image_shape=(None, None, 3))
+    rng = np.random.default_rng(4)
+    for w in backbone.weights:
+        if len(w.shape) == 1 and "bias" not in w.path:
+            w.assign(rng.uniform(0.5, 1.5, tuple(w.shape)).astype("float32"))
+    path = str(tmp_path_factory.mktemp("keras_hub_v5") / "base_025")
+    backbone.save_to_preset(path)
+    return path, backbone
+
+
+def test_v5_preset_matches_keras_hub(v5_base):
+    path, backbone = v5_base
+    model = create_mobilenetv5(
+        "base", width_multiplier=0.25, include_top=False, input_shape=(SIZE, SIZE, 3),
+        weights=path,
+    )
+    # keras-hub's conventions: SAME padding (style "keras"), exact GELU.
+    assert model.get_layer("stem").padding == "same"
+    assert model.get_layer("msfa").get_config()["activation"] == "gelu"
+    # Eager on every backend: JAX's whole-model compile (`infer`) of these
+    # deep models costs more than running them op by op once.
+    x = random_images(1, SIZE, SIZE, seed=5)
+    assert_matches_reference(model(x, training=False), backbone(x, training=False))
+
+
+def test_v5_preset_refused(v5_base, tmp_path):
+    path = v5_base[0]
+    for kwargs, match in [
+        (dict(variant="300m"), r"variant='base' width=0.25\).*variant='300m' width=1"),
+        (dict(variant="base", width_multiplier=0.5), "variant='base' width=0.5: build"),
+        (dict(variant="base", width_multiplier=0.25, style="timm"), "need style='keras'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            create_mobilenetv5(include_top=False, weights=path, **kwargs)
+    with pytest.raises(ValueError, match="pass include_top=False"):
+        create_mobilenetv5("base", 0.25, weights=path)
+    with pytest.raises(ValueError, match="MobileNetV5: use create_mobilenetv5"):
+        create_mobilenetv3(include_top=False, weights=path)
+    with pytest.raises(ValueError, match="read through keras-hub only"):
+        hub_presets.read_state_dict(path, use_keras_hub=False)
+    # Another activation or stem than our MobileNetV5's: refused before building.
+    other = tmp_path / "other"
+    shutil.copytree(path, other)
+    config = json.loads((other / "config.json").read_text())
+    config["config"].update(act_layer="relu", stem_size=32)
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"not a MobileNetV5 .*stem_size=32.*act_layer='relu'"):
+        create_mobilenetv5("base", 0.25, include_top=False, weights=str(other))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="suite time: a second MobileNetV5 build; the check itself is backend-independent",
+)
+def test_v5_preset_into_tanh_gelu_model_refused(v5_base, tmp_path):
+    # timm's MobileNetV5 (tanh GELU) of the same widths: refused, unchanged.
+    model = create_mobilenetv5(
+        "base", 0.25, include_top=False, input_shape=(SIZE, SIZE, 3), style="keras"
+    )
+    before = weights_snapshot(model)
+    with pytest.raises(ValueError, match="has activation 'gelu_tanh', the preset 'gelu'"):
+        load_file(model, v5_base[0])
+    # A preset whose strides differ (which the weights' shapes cannot show).
+    strided = tmp_path / "strided"
+    shutil.copytree(v5_base[0], strided)
+    config = json.loads((strided / "config.json").read_text())
+    config["config"]["stackwise_strides"][1][1] = 2
+    (strided / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"blocks.1.1 \(block type, stride.*\('uir', 2, 1\) in the"):
+        load_file(model, str(strided))
+    assert all(np.array_equal(to_numpy(w), b) for w, b in zip(model.weights, before))

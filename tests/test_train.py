@@ -63,7 +63,8 @@ def resumed_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     data = make_images(tmp / "data")
     out = str(tmp / "run")
-    export = ["--export", "onnx"]
+    # jax2onnx adds ~15 s; tests/test_export.py covers ONNX from JAX.
+    export = ["--export", "onnx"] if BACKEND != "jax" else []
     args = run_args(data, out, *export)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=BACKEND)
     log = open(tmp / "killed.log", "w")
@@ -107,14 +108,17 @@ def test_killed_run_resumes_without_repeating_or_losing_epochs(resumed_run):
 def test_report_curves_confusion_and_export(resumed_run):
     out = resumed_run["out"]
     for name in ("report.md", "curves.png", "confusion.png", "best.keras", "classes.json",
-                 "config.json", "model.onnx"):
+                 "config.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert not [n for n in os.listdir(out) if "partial" in n]
     report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
     assert "| blue | 2 |" in report and "| red | 2 |" in report
-    assert "(resumed)" in report and "## Exported models" in report
+    assert "(resumed)" in report
+    if BACKEND == "jax":
+        return
+    assert "## Exported models" in report
     (onnx,) = resumed_run["result"]["exports"]
-    assert onnx["format"] == "onnx"
+    assert onnx["format"] == "onnx" and os.path.getsize(os.path.join(out, "model.onnx")) > 0
     assert onnx["agreement"] >= 0.75  # float32 ONNX decides as Keras does (4 images)
     with open(os.path.join(out, "classes.json")) as f:
         assert json.load(f)["classes"] == ["blue", "red"]

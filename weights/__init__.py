@@ -1,6 +1,7 @@
 """Pretrained weights: the checkpoint registry, loaders and converters."""
 
 from .assign import assign_in_order, leaf_layers, transfer_from_keras_model
+from .download import WeightsDownloadError
 from .loading import load_file
 from .registry import Checkpoint, get_checkpoint, register_checkpoint
 from .timm import load_timm_state_dict
@@ -8,6 +9,7 @@ from .torchvision import load_torchvision_state_dict
 
 __all__ = [
     "Checkpoint",
+    "WeightsDownloadError",
     "assign_in_order",
     "get_checkpoint",
     "leaf_layers",

@@ -120,6 +120,24 @@ def _copy(url, out, timeout, progress):
     return done
 
 
+def _remove_stale_parts(directory, name, age_s=3600):
+    """Delete partial downloads of `name` left by killed processes (an hour
+    without a write; a live download writes or times out well before)."""
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        if entry.startswith(f".{name}.") and entry.endswith(".part"):
+            path = os.path.join(directory, entry)
+            try:
+                if now - os.path.getmtime(path) > age_s:
+                    os.remove(path)
+            except OSError:
+                pass
+
+
 def fetch_url(url, target, file_hash=None, progress=True):
     """`target`, downloaded from `url` first unless a good copy is there.
 
@@ -139,6 +157,7 @@ def fetch_url(url, target, file_hash=None, progress=True):
               file=sys.stderr)
     directory = os.path.dirname(os.path.abspath(target))
     timeout = download_timeout()
+    _remove_stale_parts(directory, os.path.basename(target))
     try:
         os.makedirs(directory, exist_ok=True)
         fd, partial = tempfile.mkstemp(

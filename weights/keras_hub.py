@@ -18,8 +18,14 @@ h5py, whose groups Keras names after each layer's class (`conv2d`,
 
 keras-hub's MobileNetV3 pads symmetrically (explicit `ZeroPadding2D`) and
 uses BatchNorm epsilon 1e-5: the model is built with `style="timm"`.
-keras-hub's MobileNetV5 presets are refused: keras-hub uses the exact GELU
-there, timm and our MobileNetV5 the tanh approximation.
+
+keras-hub's MobileNetV5 (`MobileNetV5Backbone`, from
+`keras_hub/src/utils/timm/convert_mobilenetv5.py`) is timm's MobileNetV5
+with TF SAME padding (timm's `mobilenetv5_300m_enc`, our `style="keras"`)
+but the exact (erf) GELU where timm uses the tanh approximation: the model
+is built with `style="keras"` and the preset's activation
+(`Preset.activation`, which the builder puts in place of the
+architecture's). Its weights are read through keras-hub only.
 """
 
 import json
@@ -75,6 +81,21 @@ _TASK_LAYERS = [("classifier_conv", "Conv2D", "conv_head"), ("predictions", "Den
 # preset's variant and width in messages.
 _LAST_CONV = {"small": 576, "large": 960}
 _ACTIVATION_ALIASES = {"hard_silu": "hard_swish", "silu": "swish"}
+# MobileNetV5 variant -> (blocks per stage, width of the last stage at width 1).
+_V5_VARIANTS = {"300m": ((3, 5, 37, 39), 1280), "base": ((3, 5, 16, 15), 1024)}
+# What our MobileNetV5 is, beyond its blocks: the MobileNetV5Backbone
+# arguments that must have these values (keras-hub's defaults where absent).
+_V5_FIXED = {
+    "stem_size": (64, 16), "stem_bias": (True, True), "num_features": (2048, 2048),
+    "pad_type": ("same", "same"), "use_msfa": (True, True), "msfa_indices": ([-2, -1], [-2, -1]),
+    "msfa_output_resolution": (16, 16), "norm_layer": ("rms_norm", "rms_norm"),
+}
+# keras-hub activation -> ours (keras-hub's "gelu" is the exact GELU).
+_V5_ACTIVATIONS = {"gelu": "gelu"}
+# Our MobileNetV5 block class -> keras-hub's block type.
+_V5_BLOCK_TYPES = {
+    "FusedInvertedBottleneck": "er", "UniversalInvertedBottleneck": "uir", "MobileMQA": "mqa",
+}
 
 
 def is_preset(path):
@@ -103,18 +124,18 @@ def read_config(path):
         )
     config = _read_json(config_file, "keras-hub preset config")
     class_name = config.get("class_name") if isinstance(config, dict) else None
-    if class_name == "MobileNetV5Backbone":
-        raise ValueError(
-            f"keras-hub preset {path!r} holds a MobileNetV5Backbone, which cannot be loaded "
-            "exactly: keras-hub's MobileNetV5 uses the exact (erf) GELU where timm's, and so "
-            "ours, uses the tanh approximation. Load timm's MobileNetV5 checkpoint instead."
-        )
-    if class_name != "MobileNetBackbone":
+    if class_name not in ("MobileNetBackbone", "MobileNetV5Backbone"):
         raise ValueError(
             f"keras-hub preset {path!r} holds a {class_name or 'model of unknown class'}, not a "
-            "MobileNetBackbone (keras-hub's MobileNetV3): it cannot be loaded into a MobileNet."
+            "MobileNetBackbone (keras-hub's MobileNetV3) or MobileNetV5Backbone: it cannot be "
+            "loaded into a MobileNet."
         )
     return config["config"]
+
+
+def is_v5(config):
+    """Whether a backbone config is a MobileNetV5Backbone's."""
+    return "stackwise_block_types" in config
 
 
 def _stages(config):
@@ -137,16 +158,37 @@ def _stages(config):
 
 
 def describe(config):
-    """`(variant, width)` of a MobileNetBackbone config: keras-hub's
+    """`(variant, width)` of a MobileNetBackbone or MobileNetV5Backbone config
+    (see `describe_v5`). keras-hub's
     MobileNetV3 Small has 4 inverted-residual stages, Large 5; the width is
     estimated from the last conv. variant is None for other layouts."""
+    if is_v5(config):
+        return describe_v5(config)
     variant = {4: "small", 5: "large"}.get(len(config["stackwise_num_blocks"]))
     last = make_divisible(config["last_layer_filter"])
     return variant, (last / _LAST_CONV[variant] if variant else None)
 
 
+def describe_v5(config):
+    """`(variant, width)` of a MobileNetV5Backbone config: the variant by its
+    blocks per stage, the width from its last stage's width; variant is None
+    for other layouts."""
+    blocks = tuple(config["stackwise_num_blocks"])
+    variant = next((v for v, (b, _) in _V5_VARIANTS.items() if b == blocks), None)
+    if variant is None:
+        return None, None
+    return variant, config["stackwise_num_filters"][-1][0] / _V5_VARIANTS[variant][1]
+
+
 def _preset_name(path, config):
     variant, width = describe(config)
+    if is_v5(config):
+        if variant is None:
+            return (
+                f"keras-hub preset {path!r} (a MobileNetV5Backbone with "
+                f"{config['stackwise_num_blocks']} blocks per stage)"
+            )
+        return f"keras-hub preset {path!r} (MobileNetV5 variant={variant!r} width={width:.3g})"
     if variant is None:
         return (
             f"keras-hub preset {path!r} (a MobileNetBackbone with "
@@ -159,11 +201,14 @@ class Preset(os.PathLike):
     """A resolved keras-hub preset: its path, and what a model built for it
     needs (class count, preprocessing)."""
 
-    def __init__(self, path, num_classes=None, mean=None, std=None):
+    def __init__(self, path, num_classes=None, mean=None, std=None, activation=None):
         self.path = path
         self.num_classes = num_classes if num_classes is not None else 1000
         if mean is not None:
             self.mean, self.std = mean, std
+        # The activation the model must be built with, when it is not the
+        # architecture's (keras-hub's MobileNetV5: exact GELU).
+        self.activation = activation
 
     def __fspath__(self):
         return self.path
@@ -212,9 +257,11 @@ def resolve(path, arch, style, include_top, num_classes):
         style, include_top, num_classes: as `loading.resolve_weights`.
 
     Returns:
-        `(Preset, "timm")`.
+        `(Preset, "timm")`, for a MobileNetV5 `(Preset, "keras")`.
     """
     config = read_config(path)
+    if is_v5(config):
+        return _resolve_v5(path, config, arch, style, include_top)
     version, variant, width, minimalistic = arch
     found_variant, _ = describe(config)
     want_last = make_divisible(_LAST_CONV.get(variant, 0) * width)
@@ -255,6 +302,55 @@ def resolve(path, arch, style, include_top, num_classes):
         )
     mean, std = _mean_std(path)
     return Preset(os.fspath(path), classes, mean, std), "timm"
+
+
+def _resolve_v5(path, config, arch, style, include_top):
+    """`resolve` for a MobileNetV5Backbone: the model is built with
+    `style="keras"` (SAME padding) and the preset's activation."""
+    version, variant, width, _ = arch
+    found, _ = describe_v5(config)
+    if (
+        version != "v5"
+        or variant != found
+        or make_divisible(_V5_VARIANTS[variant][1] * width)
+        != config["stackwise_num_filters"][-1][0]
+    ):
+        hint = ("build the model with the preset's variant and width_multiplier"
+                if version == "v5" else
+                "keras-hub's MobileNetV5Backbone is a MobileNetV5: use create_mobilenetv5")
+        raise ValueError(
+            f"{_preset_name(path, config)} does not match the requested MobileNet"
+            f"{version.upper()} variant={variant!r} width={width:g}: {hint}."
+        )
+    differences = [
+        f"{key}={config.get(key, default)!r} (ours: {ours!r})"
+        for key, (ours, default) in _V5_FIXED.items()
+        if (list(config.get(key, default)) if key == "msfa_indices" else config.get(key, default))
+        != ours
+    ]
+    activation = config.get("act_layer", "gelu")
+    block_activations = {a for stage in config["stackwise_act_layers"] for a in stage} - {None}
+    if block_activations - {activation}:
+        differences.append(f"per-block activations {sorted(block_activations)}")
+    if activation not in _V5_ACTIVATIONS:
+        differences.append(f"act_layer={activation!r} (ours: one of {sorted(_V5_ACTIVATIONS)})")
+    if differences:
+        raise ValueError(
+            f"{_preset_name(path, config)} is not a MobileNetV5 this package builds: "
+            f"{'; '.join(differences)}."
+        )
+    if style not in (None, "keras"):
+        raise ValueError(
+            "keras-hub MobileNetV5 presets need style='keras' (TF SAME padding, keras-hub's "
+            f"`pad_type='same'`), got style={style!r}."
+        )
+    if include_top:
+        raise ValueError(
+            f"keras-hub preset {path!r} is loaded as a MobileNetV5 backbone (keras-hub's "
+            "MobileNetV5 classifier head is not supported): pass include_top=False."
+        )
+    mean, std = _mean_std(path)
+    return Preset(os.fspath(path), None, mean, std, _V5_ACTIVATIONS[activation]), "keras"
 
 
 # ------------------------------------------------------ reading the weights
@@ -338,6 +434,118 @@ def _read_with_keras_hub(path, config, task):
     return state
 
 
+# MobileNetV5Backbone block class -> {attribute: timm module}
+# (keras_hub/src/utils/timm/convert_mobilenetv5.py: `_port_cna(...)`); a
+# ConvNormAct maps to its conv's and its norm's modules.
+_V5_SUBLAYERS = {
+    "EdgeResidual": {"conv_exp": ("conv_exp", "bn1"), "conv_pwl": ("conv_pwl", "bn2")},
+    "UniversalInvertedResidual": {
+        "dw_start": ("dw_start.conv", "dw_start.bn"),
+        "pw_exp": ("pw_exp.conv", "pw_exp.bn"),
+        "dw_mid": ("dw_mid.conv", "dw_mid.bn"),
+        "pw_proj": ("pw_proj.conv", "pw_proj.bn"),
+        "layer_scale": "layer_scale",
+    },
+    "MobileAttention": {"norm": "norm", "layer_scale": "layer_scale", "attn": "attn"},
+    "MobileNetV5MultiScaleFusionAdapter": {"ffn": "ffn", "norm": "norm"},
+}
+
+
+def _v5_attention(attn, module):
+    """`(layer, timm module)` of a MultiQueryAttention2d's weighted layers:
+    the last query / key / value layer is the projection, a longer key or
+    value path starts with its strided depthwise conv and norm."""
+    out = [(attn.query_layers[-1], f"{module}.query.proj")]
+    for kind, layers in (("key", attn.key_layers), ("value", attn.value_layers)):
+        if len(layers) > 1:
+            out += [(layers[0], f"{module}.{kind}.down_conv"), (layers[1], f"{module}.{kind}.norm")]
+        out.append((layers[-1], f"{module}.{kind}.proj"))
+    out.append((attn.output_proj_layers[-2], f"{module}.output.proj"))
+    return out
+
+
+def _v5_leaves(layer, module):
+    """`(leaf layer, timm module)` of a MobileNetV5Backbone layer."""
+    import keras
+
+    name = type(layer).__name__
+    if name == "ConvNormAct":
+        conv, norm = module
+        return [(layer.conv, conv), (layer.norm, norm)]
+    if name == "MultiQueryAttention2d":
+        return _v5_attention(layer, module)
+    table = _V5_SUBLAYERS.get(name)
+    if table is None:
+        return [(layer, module)]
+    out = []
+    for attribute, names in table.items():
+        child = getattr(layer, attribute, None)
+        if not isinstance(child, keras.layers.Layer) or not child.weights:
+            continue  # absent (None, or keras-hub's identity function)
+        names = (tuple(f"{module}.{n}" for n in names) if isinstance(names, tuple)
+                 else f"{module}.{names}")
+        out += _v5_leaves(child, names)
+    return out
+
+
+def _v5_tensors(layer, module):
+    """A leaf layer's variables as timm's tensors of `module`."""
+    import keras
+
+    arrays = [np.asarray(keras.ops.convert_to_numpy(v)) for v in layer.weights]
+    name = type(layer).__name__
+    if name == "DepthwiseConv2D":  # (kh, kw, channels, 1) -> (channels, 1, kh, kw)
+        return {f"{module}.weight": arrays[0].transpose(2, 3, 0, 1),
+                **({f"{module}.bias": arrays[1]} if len(arrays) == 2 else {})}
+    if name == "LayerScale2d":
+        return {f"{module}.gamma": arrays[0]}
+    if name == "RmsNorm2d":
+        return {f"{module}.weight": arrays[0]}
+    return _timm_tensors(arrays, module)
+
+
+def _read_v5_with_keras_hub(path):
+    try:
+        import keras_hub
+    except ImportError as e:
+        raise ValueError(
+            f"keras-hub preset {path!r} holds a MobileNetV5Backbone, whose weights are read "
+            "through keras-hub only: install keras-hub."
+        ) from e
+
+    backbone = keras_hub.models.Backbone.from_preset(path)
+    blocks = [
+        layer for layer in backbone.layers
+        if type(layer).__name__ in ("EdgeResidual", "UniversalInvertedResidual", "MobileAttention")
+    ]
+    modules = [(backbone.get_layer("conv_stem"), ("conv_stem.conv", "conv_stem.bn"))]
+    for i, count in enumerate(backbone.stackwise_num_blocks):
+        modules += [(blocks.pop(0), f"blocks.{i}.{j}") for j in range(count)]
+    modules.append((backbone.get_layer("msfa"), "msfa"))
+    state = {}
+    for layer, module in modules:
+        for leaf, name in _v5_leaves(layer, module):
+            state.update(_v5_tensors(leaf, name))
+    if len(state) != len(backbone.weights):
+        raise ValueError(
+            f"keras-hub preset {path!r}: the model has {len(backbone.weights)} variables but "
+            f"only {len(state)} have a declared timm name."
+        )
+    # keras-hub gives the blocks' convs a bias (with RMSNorm), which timm's
+    # MobileNetV5, and ours, has not: its converter leaves them zero.
+    biases = [k for k in state if k.endswith(".bias") and not k.startswith("conv_stem.")]
+    nonzero = [k for k in biases if np.any(state[k])]
+    if nonzero:
+        raise ValueError(
+            f"keras-hub preset {path!r} has non-zero conv biases {nonzero[:3]} (of "
+            f"{len(nonzero)}), which timm's MobileNetV5, and so ours, does not have: it "
+            "cannot be loaded exactly."
+        )
+    for k in biases:
+        del state[k]
+    return state
+
+
 def _h5_layers(layers):
     """Keras' `.weights.h5` group of each `(name, class, module)`: the class in
     snake case, `_<k>` for its k-th repeat, in model order."""
@@ -405,6 +613,13 @@ def read_state_dict(path, with_head=True, use_keras_hub=None):
     """
     path = os.fspath(path)
     config = read_config(path)
+    if is_v5(config):
+        if use_keras_hub is False:
+            raise ValueError(
+                f"keras-hub preset {path!r} holds a MobileNetV5Backbone, whose weights are "
+                "read through keras-hub only: install keras-hub."
+            )
+        return _read_v5_with_keras_hub(path)
     task = _task(path) if with_head else None
     if use_keras_hub is None:
         try:
@@ -500,17 +715,69 @@ def check_layout(model, path, config):
         )
 
 
+def check_v5_model(model, path, config):
+    """Refuse a model that is not built as a keras-hub MobileNetV5 preset
+    needs (SAME padding, the preset's activation; its variant and width are
+    checked by the shapes of the weights), before any weight is written."""
+    activation = _V5_ACTIVATIONS.get(config.get("act_layer", "gelu"))
+    if not any(layer.name == "msfa" for layer in model.layers):
+        raise ValueError(
+            f"{_preset_name(path, config)} cannot be loaded into model {model.name!r}, which "
+            "is not a MobileNetV5: use create_mobilenetv5."
+        )
+    # Each block's type and strides (what the weights' shapes cannot tell).
+    theirs, ours, conventions = {}, {}, []
+    for i, types in enumerate(config["stackwise_block_types"]):
+        for j, kind in enumerate(types):
+            kv = config["stackwise_kv_strides"][i][j] if kind == "mqa" else 0
+            theirs[f"blocks.{i}.{j}"] = (kind, config["stackwise_strides"][i][j], max(kv, 1))
+    for layer in model.layers:
+        timm = (getattr(layer, "reference_names", None) or {}).get("timm")
+        if timm is None and layer.name != "stem":
+            continue
+        c = layer.get_config()
+        if timm and re.fullmatch(r"blocks\.\d+\.\d+", timm):
+            kind = _V5_BLOCK_TYPES.get(type(layer).__name__, type(layer).__name__)
+            ours[timm] = (kind, c.get("strides", 1), c.get("kv_strides", 1))
+        for field, want in (("padding", "same"), ("activation", activation)):
+            if c.get(field) not in (None, want):
+                conventions.append(f"layer {layer.name!r} has {field} {c[field]!r}, the preset "
+                                   f"{want!r}")
+    for module in sorted(set(theirs) | set(ours)):
+        if theirs.get(module) != ours.get(module):
+            raise ValueError(
+                f"{_preset_name(path, config)} does not match model {model.name!r}: {module} "
+                f"(block type, stride, key/value stride) is {theirs.get(module)} in the preset "
+                f"and {ours.get(module)} in the model; the model's weights are unchanged."
+            )
+    if conventions:
+        raise ValueError(
+            f"{_preset_name(path, config)} does not match model {model.name!r}: "
+            f"{conventions[0]}. Build the model with create_mobilenetv5(<variant>, "
+            "include_top=False, weights=<preset>); the model's weights are unchanged."
+        )
+
+
 def load_preset(model, path, use_keras_hub=None):
     """Load the keras-hub preset directory `path` into `model`, all or nothing.
 
-    The model must be built with `style="timm"` (what `weights=path` in a
-    factory does). Its classifier is loaded from the preset's task when the
+    The model must be built with `style="timm"` (a MobileNetV5: `"keras"`
+    and the preset's activation), what `weights=path` in a factory does. Its classifier is loaded from the preset's task when the
     model has one.
     """
     path = os.fspath(path)
     config = read_config(path)
-    check_layout(model, path, config)
     has_top = any(layer.name == "classifier" for layer in model.layers)
+    if is_v5(config):
+        check_v5_model(model, path, config)
+        if has_top:
+            raise ValueError(
+                f"keras-hub preset {path!r} is loaded as a MobileNetV5 backbone: build the "
+                "model with include_top=False."
+            )
+        load_timm_state_dict(model, read_state_dict(path, use_keras_hub=use_keras_hub))
+        return model
+    check_layout(model, path, config)
     if has_top and _task(path) is None:
         raise ValueError(
             f"keras-hub preset {path!r} has no classifier ({TASK_CONFIG}): build the model "
