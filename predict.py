@@ -52,7 +52,7 @@ def predict(model_path, image_paths, classes_path=None, top=5):
     import numpy as np
 
     import keras_mobilenets  # noqa: F401  (registers the layers the .keras file uses)
-    from keras_mobilenets.train import load_image
+    from keras_mobilenets.train_data import load_image
 
     try:
         model = keras.saving.load_model(model_path, compile=False)

@@ -24,26 +24,36 @@ import argparse
 import importlib
 import importlib.util
 import json
-import math
 import os
 import shutil
 import sys
 import time
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from keras_mobilenets.train_data import (  # noqa: F401 (re-exported: ImageFolder, split, digits_folder)
+    MIN_IMAGE_SIZE,
+    ImageFolder,
+    TrainError,
+    digits_folder,
+    load_image,
+    make_dataset,
+    split,
+)
+from keras_mobilenets.train_report import (
+    export_model,
+    plot_confusion,
+    plot_curves,
+    report_text,
+    run_exported,
+    write_csv,
+    write_text,
+)
+
 VERSIONS = ("v1", "v2", "v3", "v4", "v5")
 EXPORTS = {"litert": "model.tflite", "litert_int8": "model.int8.tflite", "onnx": "model.onnx"}
-MIN_IMAGE_SIZE = 32
-# Decoded images are kept in memory up to this size; beyond it they are
-# decoded again for every batch.
-IN_MEMORY_BYTES = 2 << 30
 # Settings that must match to resume a run.
 RESUME_KEYS = ("data", "val_dir", "val_split", "model", "weights", "image_size", "batch_size",
                "epochs", "freeze_epochs", "lr", "seed", "augment", "mixed_precision")
 
-
-class TrainError(Exception):
-    """A problem with the command's input, reported without a traceback."""
 
 
 # ------------------------------------------------------------------ arguments
@@ -161,242 +171,6 @@ def check_exports(formats, backend):
 
 
 # ----------------------------------------------------------------------- data
-
-
-def cache_dir():
-    from keras_mobilenets.weights.loading import cache_dir as weights_cache
-
-    return weights_cache()
-
-
-def digits_folder():
-    """scikit-learn's 1,797 handwritten digits as `0/ ... 9/` PNG folders
-    (32x32 grayscale), written once into the cache; returns the folder."""
-    from PIL import Image
-
-    target = os.path.join(cache_dir(), "datasets", "digits")
-    if os.path.exists(os.path.join(target, "COMPLETE")):
-        return target
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise TrainError("The built-in digits need scikit-learn (pip install -e \".[examples]\"),"
-                         " or pass a DATA_DIR of your own images.") from e
-    data = load_digits()
-    images = (data.images * (255.0 / 16.0)).round().astype("uint8").repeat(4, 1).repeat(4, 2)
-    partial = f"{target}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    for label in range(10):
-        os.makedirs(os.path.join(partial, str(label)))
-    for i, (image, label) in enumerate(zip(images, data.target)):
-        Image.fromarray(image).save(os.path.join(partial, str(label), f"{i:04d}.png"))
-    open(os.path.join(partial, "COMPLETE"), "w").close()
-    try:
-        os.replace(partial, target)
-    except OSError:  # written by another process meanwhile
-        shutil.rmtree(partial, ignore_errors=True)
-        if not os.path.exists(os.path.join(target, "COMPLETE")):
-            raise
-    return target
-
-
-def load_image(path, size):
-    """An image file as `(size, size, 3)` uint8 RGB, resized bilinearly
-    (as `keras.utils.image_dataset_from_directory` does)."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert("RGB").resize((size, size), Image.BILINEAR)
-        return np.asarray(image, dtype="uint8")
-
-
-class ImageFolder:
-    """The images of a folder of class subfolders, decoded and checked.
-
-    Attributes:
-        classes: class names (subfolder names, sorted).
-        paths, labels: the readable images and their class indices.
-        images: `(N, size, size, 3)` uint8, or None when too large to keep.
-        skipped: files that are not images (by extension).
-        unreadable: `(path, reason)` of image files that failed to decode.
-    """
-
-    def __init__(self, root, size, classes=None, what="DATA_DIR"):
-        import numpy as np
-
-        if not os.path.exists(root):
-            raise TrainError(f"{what} {root} does not exist.")
-        if not os.path.isdir(root):
-            raise TrainError(f"{what} {root} is not a folder.")
-        found = sorted(d for d in os.listdir(root)
-                       if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
-        if not found:
-            loose = [f for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS)]
-            hint = (f" It has {len(loose)} images directly inside: move them into one "
-                    "subfolder per class." if loose else "")
-            raise TrainError(f"{what} {root} has no class subfolders: put each class's images "
-                             f"in a subfolder named after the class (e.g. {root}/cat/1.jpg)."
-                             + hint)
-        if classes is not None and found != list(classes):
-            raise TrainError(f"{what} {root} has classes {found}, but the training data has "
-                             f"{list(classes)}.")
-        if classes is None and len(found) < 2:
-            raise TrainError(f"{what} {root} has a single class ({found[0]!r}); a classifier "
-                             "needs at least 2 class subfolders.")
-        self.root, self.size, self.classes = root, size, found
-        self.paths, self.labels, self.skipped, self.unreadable = [], [], [], []
-        per_class = []
-        for label, name in enumerate(found):
-            files = []
-            for folder, dirs, names in os.walk(os.path.join(root, name), followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [os.path.join(folder, n) for n in sorted(names) if not n.startswith(".")]
-            count = 0
-            for path in files:
-                if not path.lower().endswith(IMAGE_EXTENSIONS):
-                    self.skipped.append(path)
-                    continue
-                self.paths.append(path)
-                self.labels.append(label)
-                count += 1
-            per_class.append(count)
-        keep = size * size * 3 * len(self.paths) <= IN_MEMORY_BYTES
-        decoded, good = [], []
-        for i, path in enumerate(self.paths):
-            try:
-                image = load_image(path, size)
-            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ...
-                self.unreadable.append((path, f"{type(e).__name__}: {e}"))
-                continue
-            good.append(i)
-            if keep:
-                decoded.append(image)
-        self.paths = [self.paths[i] for i in good]
-        self.labels = np.array([self.labels[i] for i in good], dtype="int32")
-        self.images = np.stack(decoded) if keep and decoded else None
-        counts = np.bincount(self.labels, minlength=len(found))
-        empty = [name for name, n in zip(found, counts) if n == 0]
-        if empty:
-            raise TrainError(f"{what} {root}: no readable images in class folder(s) "
-                             f"{empty} ({len(self.skipped)} non-image and {len(self.unreadable)} "
-                             f"unreadable files skipped).")
-
-    def __len__(self):
-        return len(self.paths)
-
-    def take(self, indices):
-        import numpy as np
-
-        part = object.__new__(ImageFolder)
-        part.__dict__.update(self.__dict__)
-        part.paths = [self.paths[i] for i in indices]
-        part.labels = self.labels[indices]
-        part.images = None if self.images is None else self.images[np.asarray(indices, int)]
-        return part
-
-    def batch_images(self, indices):
-        import numpy as np
-
-        if self.images is not None:
-            return self.images[indices]
-        return np.stack([load_image(self.paths[i], self.size) for i in indices])
-
-    def summary(self):
-        text = f"{len(self)} images in {len(self.classes)} classes"
-        if self.skipped or self.unreadable:
-            text += (f"; skipped {len(self.skipped)} non-image and {len(self.unreadable)} "
-                     "unreadable files")
-        return text
-
-
-def split(folder, fraction, seed):
-    """Per-class split: `fraction` of each class (at least one image when the
-    class has two or more) to validation, with a seeded permutation."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for label in range(len(folder.classes)):
-        members = np.flatnonzero(folder.labels == label)
-        members = members[rng.permutation(len(members))]
-        n_val = 0 if len(members) < 2 else min(len(members) - 1,
-                                               max(1, round(fraction * len(members))))
-        val += members[:n_val].tolist()
-        train += members[n_val:].tolist()
-    if not val:
-        raise TrainError("Too few images for a validation split: give each class at least 2 "
-                         "images, or pass --val-dir.")
-    return folder.take(sorted(train)), folder.take(sorted(val))
-
-
-def augment_image(image, rng, flip=True, degrees=18.0, zoom=0.1, shift=0.05):
-    """A random flip, rotation, zoom and shift of a uint8 `(H, W, 3)` image,
-    as one bilinear affine warp (PIL); uncovered corners take the border's
-    mean colour.
-
-    Done in the input pipeline rather than by Keras' RandomRotation /
-    RandomZoom / RandomTranslation layers in the model: those cannot be
-    jit-compiled (`supports_jit=False`), which turns off jit for the whole
-    train step (JAX: 2 s instead of 20 ms a step at 32 px), and on torch
-    they take seconds per batch at 224 px.
-    """
-    import numpy as np
-    from PIL import Image
-
-    height, width = image.shape[:2]
-    if flip and rng.random() < 0.5:
-        image = image[:, ::-1]
-    angle = np.deg2rad(rng.uniform(-degrees, degrees))
-    scale = rng.uniform(1 - zoom, 1 + zoom)
-    dx, dy = rng.uniform(-shift, shift, 2) * (width, height)
-    # Output pixel (x, y) samples the input at M @ ((x, y) - centre - shift) + centre.
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    cx, cy = width / 2, height / 2
-    ox, oy = cx + dx, cy + dy
-    matrix = (cos, sin, cx - cos * ox - sin * oy, -sin, cos, cy + sin * ox - cos * oy)
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).mean(0)
-    warped = Image.fromarray(np.ascontiguousarray(image)).transform(
-        (width, height), Image.AFFINE, matrix, resample=Image.BILINEAR,
-        fillcolor=tuple(int(c) for c in border),
-    )
-    return np.asarray(warped)
-
-
-def make_dataset(folder, batch_size, shuffle, seed, augment=False, flip=True):
-    import keras
-    import numpy as np
-
-    class Batches(keras.utils.PyDataset):
-        """Batches of float32 [0, 255] images and int labels, reshuffled (and
-        augmented) each epoch."""
-
-        def __init__(self):
-            super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(folder)) if shuffle else np.arange(len(folder))
-            self.epoch = 0
-
-        def __len__(self):
-            return math.ceil(len(folder) / batch_size)
-
-        def __getitem__(self, index):
-            indices = np.sort(self.order[index * batch_size : (index + 1) * batch_size])
-            images = folder.batch_images(indices)
-            if augment:
-                rng = np.random.default_rng([seed, self.epoch, index])
-                images = np.stack([augment_image(image, rng, flip) for image in images])
-            return images.astype("float32"), folder.labels[indices]
-
-        def on_epoch_end(self):
-            self.epoch += 1
-            if shuffle:
-                self.order = self.rng.permutation(len(folder))
-
-    return Batches()
-
-
-# ---------------------------------------------------------------------- model
 
 
 def input_normalization(version, variant, weights):
@@ -527,27 +301,6 @@ def make_callbacks(run_dir, phase, model):
     return [EpochLog(log_path, append=True), SaveBest(), backup]
 
 
-def write_csv(path, rows, fields):
-    import csv
-
-    partial = path + ".partial"
-    with open(partial, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
-
-
-def write_text(path, text):
-    partial = path + ".partial"
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(partial, path)
-
-
-# ---------------------------------------------------------------------- run dir
-
-
 def prepare_run_dir(out, default_name, settings):
     """The run folder: new, or an unfinished run with the same settings
     (resumed). Checked before anything is written."""
@@ -596,178 +349,6 @@ def create_run_dir(out):
 
 
 # --------------------------------------------------------------------- export
-
-
-def export_model(model, fmt, path, representative):
-    import keras
-
-    backend = keras.backend.backend()
-    if fmt == "litert":
-        import tensorflow as tf
-
-        model.export(path, format="litert", verbose=False,
-                     target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
-    elif fmt == "litert_int8":
-        import tempfile
-
-        import tensorflow as tf
-
-        with tempfile.TemporaryDirectory() as saved_model:
-            model.export(saved_model, format="tf_saved_model", verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([r[None]] for r in representative)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            data = converter.convert()  # int8 inside; float32 input and output
-        with open(path, "wb") as f:
-            f.write(data)
-    else:
-        from keras_mobilenets.weights.assign import leaf_layers
-
-        # On JAX, DepthwiseConv's default shift-and-add form makes jax2onnx
-        # slow and the graph large: export the convolution form.
-        switched = [layer for _, layer in leaf_layers(model) if backend == "jax"
-                    and getattr(layer, "implementation", None) in ("auto", "shift")]
-        before = [layer.implementation for layer in switched]
-        for layer in switched:
-            layer.implementation = "conv"
-        try:
-            model(representative[:1])  # jax2onnx needs a model that was called
-            model.export(path, format="onnx", verbose=False)
-        finally:
-            for layer, implementation in zip(switched, before):
-                layer.implementation = implementation
-    return path
-
-
-def run_exported(fmt, path, images, batch_size=32):
-    import numpy as np
-
-    outputs = []
-    if fmt.startswith("litert"):
-        from ai_edge_litert.interpreter import Interpreter
-
-        interpreter = Interpreter(model_path=path)
-        (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].astype("float32")
-            interpreter.resize_tensor_input(inp["index"], x.shape)
-            interpreter.allocate_tensors()
-            interpreter.set_tensor(inp["index"], x)
-            interpreter.invoke()
-            outputs.append(interpreter.get_tensor(out["index"]))
-    else:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].astype("float32")
-            outputs.append(session.run(None, {name: x})[0])
-    return np.concatenate(outputs)
-
-
-# --------------------------------------------------------------------- report
-
-
-def plot_curves(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key in zip(axes, ("loss", "accuracy")):
-        ax.plot(epochs, [float(r[key]) for r in rows], "o-", label="training")
-        ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], "o-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def plot_confusion(matrix, classes, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(classes)
-    side = min(12, 2 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ax.imshow(matrix, cmap="Blues")
-    ticks = range(n)
-    ax.set_xticks(ticks, [str(c) for c in classes], rotation=90 if n > 10 else 0)
-    ax.set_yticks(ticks, [str(c) for c in classes])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 30:
-        top = matrix.max() or 1
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if matrix[i, j] > top / 2 else "black")
-    ax.set_title("validation confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def report_text(settings, info, rows, classes, labels, predicted, exports):
-    import numpy as np
-
-    lines = [f"# {settings['model']} on {info['data_name']}", ""]
-    lines.append(f"Finished {time.strftime('%Y-%m-%d %H:%M')} on the {info['backend']} backend; "
-                 f"{info['seconds']:.0f} s in this process{' (resumed)' if info['resumed'] else ''}.")
-    lines.append("")
-    lines.append(f"Data: {info['data']} ({info['data_summary']}); {info['train_images']} "
-                 f"training and {len(labels)} validation images at {settings['image_size']} px.")
-    for what, paths in (("Non-image files skipped", info["skipped"]),
-                        ("Unreadable images skipped", info["unreadable"])):
-        if paths:
-            shown = ", ".join(str(p) for p in paths[:10]) + (" ..." if len(paths) > 10 else "")
-            lines.append(f"{what} ({len(paths)}): {shown}")
-    best = max(rows, key=lambda r: float(r["val_accuracy"]))
-    accuracy = float(np.mean(predicted == labels))
-    lines += ["", "| setting | value |", "|---|---|"]
-    for key in ("model", "weights", "image_size", "batch_size", "epochs", "freeze_epochs", "lr",
-                "augment", "mixed_precision", "seed"):
-        value = settings[key]
-        lines.append(f"| {key} | {'none (random initialisation)' if value is None else value} |")
-    lines += ["", f"Best epoch: {int(best['epoch']) + 1} of {len(rows)}, validation accuracy "
-              f"{accuracy:.4f} (`best.keras`; `log.csv` has every epoch).", "",
-              "## Per-class validation accuracy", "",
-              "| class | images | correct | accuracy |", "|---|---:|---:|---:|"]
-    for k, name in enumerate(classes):
-        mask = labels == k
-        correct = int(np.sum(predicted[mask] == k))
-        lines.append(f"| {name} | {int(mask.sum())} | {correct} | "
-                     f"{correct / max(1, int(mask.sum())):.4f} |")
-    if info["plots"]:
-        lines += ["", "## Curves", "", "![loss and accuracy per epoch](curves.png)", "",
-                  "## Confusion matrix", "", "![validation confusion matrix](confusion.png)"]
-    else:
-        lines += ["", "(No curves.png / confusion.png: matplotlib is not installed.)"]
-    if exports:
-        lines += ["", "## Exported models", "",
-                  "Run in their own runtime on the validation images (float32 [0, 255] RGB in, "
-                  "probabilities out, int8 inside for litert_int8):", "",
-                  "| format | file | MB | accuracy | top-1 agreement with Keras |",
-                  "|---|---|---:|---:|---:|"]
-        for e in exports:
-            lines.append(f"| {e['format']} | {e['file']} | {e['bytes'] / 1e6:.2f} | "
-                         f"{e['accuracy']:.4f} | {e['agreement']:.4f} |")
-    lines += ["", "Predict: `keras-mobilenets predict best.keras IMAGE...`", ""]
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------- main
 
 
 def train(args):

@@ -47,7 +47,7 @@ def test_logits_match_timm(variant):
 
 
 def test_dynamic_and_odd_input_sizes_match_timm():
-    ref = calibrated_timm_model("mobilenetv4_hybrid_medium", 96)  # shared with test_weights.py
+    ref = calibrated_timm_model("mobilenetv4_hybrid_medium", 192)
     ours = create_mobilenetv4("hybrid_medium", input_shape=(None, None, 3), classifier_activation=None)
     load_timm_state_dict(ours, ref.state_dict())
     for height, width in [(193, 257), (96, 64)]:
