@@ -168,6 +168,10 @@ def test_mac_counter_counts_attention():
     assert count_macs(model, (384, 384, 3)) == 7_711_877_120
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="a minute of XLA compiling; JAX training runs in test_train.py and test_models.py",
+)
 def test_transfer_learning_example_reaches_accuracy(tmp_path):
     # A short run of the README's main job on the current backend.
     env = dict(os.environ, KERAS_BACKEND=BACKEND)
