@@ -37,7 +37,7 @@ def infer(model, x):
     (~1 s) and runs it in inference mode all the same. The other backends
     call the model eagerly, which is what their users do.
     """
-    if BACKEND == "jax":
+    if BACKEND == "jax" and isinstance(model, keras.Model):
         out = model.predict_on_batch(x)
         return {k: np.asarray(v) for k, v in out.items()} if isinstance(out, dict) else np.asarray(out)
     out = model(x, training=False)
