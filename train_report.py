@@ -1,6 +1,7 @@
 """The results of `keras-mobilenets train`: exports checked against Keras,
 curves, confusion matrix, report and files written whole."""
 
+import contextlib
 import os
 import time
 
@@ -24,6 +25,31 @@ def write_text(path, text):
 
 
 # ---------------------------------------------------------------------- run dir
+
+
+@contextlib.contextmanager
+def depthwise_as_conv(model, enabled=True):
+    """Export `layers.DepthwiseConv` as a depthwise convolution.
+
+    On JAX it runs as shifted sums by default (fast on XLA CPU); that graph is
+    ~9x more equations, which jax2onnx lowers in quadratic time (minutes for
+    the V4 hybrids) and ONNX runtimes run slower than their depthwise kernel.
+    """
+    from keras_mobilenets.weights.assign import leaf_layers
+
+    switched = [
+        layer
+        for _, layer in leaf_layers(model)
+        if enabled and getattr(layer, "implementation", None) in ("auto", "shift")
+    ]
+    before = [layer.implementation for layer in switched]
+    for layer in switched:
+        layer.implementation = "conv"
+    try:
+        yield
+    finally:
+        for layer, implementation in zip(switched, before):
+            layer.implementation = implementation
 
 
 def export_model(model, fmt, path, representative):
@@ -50,21 +76,9 @@ def export_model(model, fmt, path, representative):
         with open(path, "wb") as f:
             f.write(data)
     else:
-        from keras_mobilenets.weights.assign import leaf_layers
-
-        # On JAX, DepthwiseConv's default shift-and-add form makes jax2onnx
-        # slow and the graph large: export the convolution form.
-        switched = [layer for _, layer in leaf_layers(model) if backend == "jax"
-                    and getattr(layer, "implementation", None) in ("auto", "shift")]
-        before = [layer.implementation for layer in switched]
-        for layer in switched:
-            layer.implementation = "conv"
-        try:
+        with depthwise_as_conv(model, enabled=backend == "jax"):
             model(representative[:1])  # jax2onnx needs a model that was called
             model.export(path, format="onnx", verbose=False)
-        finally:
-            for layer, implementation in zip(switched, before):
-                layer.implementation = implementation
     return path
 
 

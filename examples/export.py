@@ -26,7 +26,6 @@ agreement with the Keras model on 32 images.
 """
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -135,29 +134,7 @@ def forward(model, x, training=False):
     return keras.ops.convert_to_numpy(outputs)
 
 
-@contextlib.contextmanager
-def depthwise_as_conv(model, enabled=True):
-    """Export `layers.DepthwiseConv` as a depthwise convolution.
 
-    On JAX it runs as shifted sums by default (fast on XLA CPU); that graph is
-    ~9x more equations, which jax2onnx lowers in quadratic time (minutes for
-    the V4 hybrids) and ONNX runtimes run slower than their depthwise kernel.
-    """
-    from keras_mobilenets.weights.assign import leaf_layers
-
-    switched = [
-        layer
-        for _, layer in leaf_layers(model)
-        if enabled and getattr(layer, "implementation", None) in ("auto", "shift")
-    ]
-    before = [layer.implementation for layer in switched]
-    for layer in switched:
-        layer.implementation = "conv"
-    try:
-        yield
-    finally:
-        for layer, implementation in zip(switched, before):
-            layer.implementation = implementation
 
 
 def calibrate_batchnorm(model, x, seed=0):
@@ -200,28 +177,10 @@ def calibrate_batchnorm(model, x, seed=0):
 
 def export(model, fmt, path, representative=None):
     """Write one artifact with `model.export` (or the TFLite converter for int8)."""
-    if fmt == "litert":
-        import tensorflow as tf
+    from keras_mobilenets.train_report import depthwise_as_conv, export_model
 
-        model.export(
-            path,
-            format="litert",
-            verbose=False,
-            target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]},
-        )
-    elif fmt == "litert_int8":
-        import tempfile
-
-        import tensorflow as tf
-
-        with tempfile.TemporaryDirectory() as saved_model:
-            model.export(saved_model, format="tf_saved_model", verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([r[None]] for r in representative)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            with open(path, "wb") as f:
-                f.write(converter.convert())
+    if fmt in ("litert", "litert_int8"):
+        export_model(model, fmt, path, representative)
     elif fmt == "onnx":
         import keras
 

@@ -42,6 +42,7 @@ import numpy as np
 import pytest
 from conftest import BACKEND, max_abs_diff, to_numpy
 
+from keras_mobilenets.train_report import depthwise_as_conv
 from keras_mobilenets.weights.assign import leaf_layers
 from mobilenet_v1 import create_mobilenetv1
 from mobilenet_v2 import create_mobilenetv2
@@ -108,10 +109,9 @@ def load_example():
 
 
 # The example script's helpers serve the tests too: `forward` (jit-compiled on
-# JAX), `depthwise_as_conv` (for JAX -> ONNX) and the BatchNorm calibration.
+# JAX) and the BatchNorm calibration; `depthwise_as_conv` (JAX -> ONNX) is the library's.
 EXAMPLE = load_example()
 forward = EXAMPLE.forward
-depthwise_as_conv = EXAMPLE.depthwise_as_conv
 
 
 def images(batch, seed, scale=1.0):
