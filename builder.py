@@ -29,7 +29,7 @@ from keras_mobilenets.arguments import (
     check_variant,
     check_width,
 )
-from keras_mobilenets.layers import declare, make_divisible
+from keras_mobilenets.layers import declare, make_divisible, quantization
 from keras_mobilenets.weights import loading
 from keras_mobilenets.weights.registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -86,7 +86,7 @@ def preprocessing_layer(checkpoint=None, default_mean=(0.5,) * 3, default_std=(0
     checkpoint's mean/std when it has them (a file path has none)."""
     mean = getattr(checkpoint, "mean", default_mean)
     std = getattr(checkpoint, "std", default_std)
-    return keras.layers.Rescaling(
+    return quantization.Rescaling(
         scale=[1.0 / (255.0 * s) for s in std],
         offset=[-m / s for m, s in zip(mean, std)],
         name="rescaling",
@@ -101,7 +101,7 @@ def _torchvision(arch, name):
 def _classifier_top(x, arch, style, act, width, num_classes, dropout_rate, classifier_activation):
     head = arch.head
     tv = arch.torchvision
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = quantization.GlobalAveragePooling2D(name="avg_pool")(x)
     if head.hidden:
         # The reference's 1x1 conv on the pooled 1x1 map, as a Dense layer.
         dense = keras.layers.Dense(
@@ -109,16 +109,16 @@ def _classifier_top(x, arch, style, act, width, num_classes, dropout_rate, class
         )
         x = declare(dense, timm="conv_head", **_torchvision(arch, tv and tv.head))(x)
         if head.hidden_norm:
-            norm = keras.layers.BatchNormalization(
+            norm = quantization.BatchNormalization(
                 epsilon=style.bn_epsilon, momentum=style.bn_momentum, name="head_norm"
             )
             x = declare(norm, timm="norm_head")(x)
         x = blocks.get_activation(act, "head_act")(x)
     if dropout_rate > 0:
-        x = keras.layers.Dropout(dropout_rate, name="dropout")(x)
+        x = quantization.Dropout(dropout_rate, name="dropout")(x)
     classifier = keras.layers.Dense(num_classes, name="classifier")
     x = declare(classifier, timm="classifier", **_torchvision(arch, tv and tv.classifier))(x)
-    return keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
+    return quantization.Activation(classifier_activation, dtype="float32", name="predictions")(x)
 
 
 def _fusion(fusion, arch, style):
@@ -131,9 +131,9 @@ def _fusion(fusion, arch, style):
 
 def feature_pooling(x, pooling):
     if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        return quantization.GlobalAveragePooling2D(name="avg_pool")(x)
     if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        return quantization.GlobalMaxPooling2D(name="max_pool")(x)
     return x
 
 
@@ -248,7 +248,7 @@ def build_model(
         )
         body.append(declare(head_conv, **_torchvision(arch, f"features.{index + 1}")))
 
-    inputs = keras.Input(shape=input_shape, name="input")
+    inputs = quantization.Input(shape=input_shape, name="input")
     x = inputs
     outputs = []
     for layer in body:

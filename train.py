@@ -49,7 +49,8 @@ from keras_mobilenets.train_report import (
 )
 
 VERSIONS = ("v1", "v2", "v3", "v4", "v5")
-EXPORTS = {"litert": "model.tflite", "litert_int8": "model.int8.tflite", "onnx": "model.onnx"}
+EXPORTS = {"keras_int8": "model.int8.keras", "litert": "model.tflite",
+           "litert_int8": "model.int8.tflite", "onnx": "model.onnx"}
 # Settings that must match to resume a run.
 RESUME_KEYS = ("data", "val_dir", "val_split", "model", "weights", "image_size", "batch_size",
                "epochs", "freeze_epochs", "lr", "seed", "augment", "mixed_precision")
@@ -98,7 +99,7 @@ def parse_args(argv=None):
                         help="no XLA / jax.jit compilation of the train step (starts faster, "
                         "runs slower: for tiny runs and debugging)")
     parser.add_argument("--export", nargs="+", default=[], choices=sorted(EXPORTS),
-                        help="also write and check these files (litert*: TensorFlow backend)")
+                        help="also write and check these files (keras_int8: `model.quantize(\"int8\")`, any backend; litert*: TensorFlow backend)")
     return parser.parse_args(argv)
 
 
@@ -161,7 +162,7 @@ def check_exports(formats, backend):
             raise TrainError(f"--export {fmt} needs the TensorFlow backend "
                              f"(KERAS_BACKEND=tensorflow), not {backend}; --export onnx works "
                              "on every backend.")
-        needs = {"litert": ["ai_edge_litert"], "litert_int8": ["ai_edge_litert"],
+        needs = {"keras_int8": [], "litert": ["ai_edge_litert"], "litert_int8": ["ai_edge_litert"],
                  "onnx": ["onnxruntime", {"tensorflow": "tf2onnx", "jax": "jax2onnx",
                                           "torch": "onnx"}[backend]]}[fmt]
         for package in needs:

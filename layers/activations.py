@@ -3,17 +3,23 @@
 import keras
 from keras import ops
 
+from .quantization import NothingToQuantize, ReLU
+
 _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class HardSigmoid(keras.layers.Layer):
+class HardSigmoid(NothingToQuantize, keras.layers.Layer):
     """Hard sigmoid, `ReLU6(x + 3) / 6`, as in MobileNetV3.
 
     This is the exact piecewise-linear form used by keras.applications and
     timm (not Keras 2's `0.2 * x + 0.5`). `ops.hard_sigmoid` computes it
     with each backend's own kernel (one fused op on torch and JAX).
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True
 
     def call(self, x):
         return ops.hard_sigmoid(x)
@@ -23,13 +29,17 @@ class HardSigmoid(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class HardSwish(keras.layers.Layer):
+class HardSwish(NothingToQuantize, keras.layers.Layer):
     """Hard swish, `x * ReLU6(x + 3) / 6`, as in MobileNetV3.
 
     Computed by `ops.hard_silu`: on torch and JAX one fused kernel forward
     and one backward instead of four elementwise passes each way over the
     largest activations of MobileNetV3 (keras.applications does the same).
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True
 
     def call(self, x):
         return ops.hard_silu(x)
@@ -57,7 +67,7 @@ def _gelu_keeping_input(x):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class GELU(keras.layers.Layer):
+class GELU(NothingToQuantize, keras.layers.Layer):
     """Exact (erf) GELU, as timm and the MobileNetV4 reference use.
 
     The forward is `ops.gelu(x, approximate=False)`. For training it keeps
@@ -76,6 +86,7 @@ class GELU(keras.layers.Layer):
     def __init__(self, approximate=False, **kwargs):
         super().__init__(**kwargs)
         self.approximate = approximate
+        self.built = True
 
     def call(self, x):
         if self.approximate:
@@ -106,9 +117,9 @@ def get_activation(name, layer_name=None):
     if name is None:
         return None
     if name == "relu":
-        return keras.layers.ReLU(name=layer_name)
+        return ReLU(name=layer_name)
     if name == "relu6":
-        return keras.layers.ReLU(max_value=6.0, name=layer_name)
+        return ReLU(max_value=6.0, name=layer_name)
     if name == "hard_swish":
         return HardSwish(name=layer_name)
     if name == "gelu":

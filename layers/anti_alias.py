@@ -4,18 +4,24 @@ import keras
 import numpy as np
 from keras import ops
 
+from .quantization import AveragePooling2D, NothingToQuantize
+
 _PACKAGE = "keras_mobilenets"
 ANTI_ALIAS = (None, "avg", "blur")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BlurPool(keras.layers.Layer):
+class BlurPool(NothingToQuantize, keras.layers.Layer):
     """Blur with a fixed 3x3 binomial filter, then subsample by 2.
 
     timm's `BlurPool2d(filt_size=3, pad_mode="constant")` ("blurpc"): zero
     padding of 1 on every side, the filter `[1, 2, 1] / 4` in both
     directions, per channel. The filter is a constant, not a weight.
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True
 
     def call(self, x):
         taps = np.array([1.0, 2.0, 1.0], "float32") / 4.0
@@ -40,5 +46,5 @@ def anti_alias_layer(anti_alias, name="aa"):
     """The downsampling after a stride-1 conv: 2x2 average pooling ("avg",
     timm's `nn.AvgPool2d(2)`) or `BlurPool` ("blur")."""
     if anti_alias == "avg":
-        return keras.layers.AveragePooling2D(2, name=name)
+        return AveragePooling2D(2, name=name)
     return BlurPool(name=name)

@@ -2,21 +2,29 @@
 
 import keras
 
+from .quantization import Int8Kernel
 from .utils import conv_nhwc
 
 _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Conv(keras.layers.Conv2D):
+class Conv(Int8Kernel, keras.layers.Conv2D):
     """`keras.layers.Conv2D` (channels-last) computed through `conv_nhwc`.
 
     On the PyTorch backend this skips the NHWC -> NCHW -> channels-last copies
     Keras makes around every convolution (see `layers.utils.conv_nhwc`); on
     TensorFlow and JAX it is `Conv2D`. Weights and saved files are those of
     `Conv2D`, and `convolution_op` takes any kernel, which lets `ConvBnAct`
-    fold its BatchNorm into the kernel at inference.
+    fold its BatchNorm into the kernel at inference. `quantize("int8")`
+    stores the kernel in int8 (`layers.quantization.Int8Kernel`).
     """
+
+    @property
+    def kernel(self):
+        if self.quantization_mode == "int8":
+            return self._dequantize(self._kernel)
+        return super().kernel
 
     def convolution_op(self, inputs, kernel):
         if self.data_format != "channels_last" or self.groups != 1:

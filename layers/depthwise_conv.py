@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from .quantization import Int8Kernel
 from .utils import conv_nhwc
 
 _PACKAGE = "keras_mobilenets"
@@ -94,7 +95,7 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DepthwiseConv(keras.layers.DepthwiseConv2D):
+class DepthwiseConv(Int8Kernel, keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` with a choice of how it is computed.
 
     XLA's CPU backend runs grouped convolutions (what depthwise convs lower
@@ -112,7 +113,22 @@ class DepthwiseConv(keras.layers.DepthwiseConv2D):
             "shift" on the JAX backend when its devices are CPUs, "conv"
             elsewhere (on GPU, XLA hands grouped convolutions to cuDNN).
         **kwargs: the arguments of `keras.layers.DepthwiseConv2D`.
+
+    `quantize("int8")` stores the kernel in int8 with one scale per channel
+    (`layers.quantization.Int8Kernel`).
     """
+
+    _SCALE_AXES = (0, 1)
+
+    # The variable lives in `_kernel`, as in `Conv2D`, so that `kernel` can
+    # give the dequantized values of an int8 layer.
+    @property
+    def kernel(self):
+        return self._dequantize(self._kernel)
+
+    @kernel.setter
+    def kernel(self, value):
+        self._kernel = value
 
     def __init__(self, *args, implementation="auto", **kwargs):
         super().__init__(*args, **kwargs)

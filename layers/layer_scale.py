@@ -2,11 +2,13 @@
 
 import keras
 
+from .quantization import NothingToQuantize
+
 _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class LayerScale(keras.layers.Layer):
+class LayerScale(NothingToQuantize, keras.layers.Layer):
     """Multiply each channel by a learnable `gamma`, initialised to `init_value`.
 
     Args:

@@ -3,12 +3,14 @@
 import keras
 from keras import ops
 
+from .quantization import BatchNormalization, NothingToQuantize
+
 _PACKAGE = "keras_mobilenets"
 NORMS = ("batch", "rms")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class RMSNorm2D(keras.layers.Layer):
+class RMSNorm2D(NothingToQuantize, keras.layers.Layer):
     """Root-mean-square normalisation of each pixel over its channels.
 
     `y = x / sqrt(mean_c(x^2) + epsilon) * gamma`: no mean subtraction, no
@@ -52,4 +54,4 @@ def get_norm(norm, epsilon, momentum, name):
     """A fresh norm layer: BatchNormalization ("batch") or `RMSNorm2D` ("rms")."""
     if check_norm(norm) == "rms":
         return RMSNorm2D(epsilon=epsilon, name=name)
-    return keras.layers.BatchNormalization(epsilon=epsilon, momentum=momentum, name=name)
+    return BatchNormalization(epsilon=epsilon, momentum=momentum, name=name)

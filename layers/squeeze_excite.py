@@ -4,6 +4,8 @@ import keras
 from keras import ops
 
 from .activations import HardSigmoid, get_activation
+from .conv import Conv
+from .quantization import Activation
 from .utils import declare
 
 _PACKAGE = "keras_mobilenets"
@@ -31,21 +33,21 @@ class SqueezeExcite(keras.layers.Layer):
         self.gate = gate
         # timm's `SqueezeExcite` and torchvision's `SqueezeExcitation` names.
         self.reduce = declare(
-            keras.layers.Conv2D(reduced_channels, 1, name="reduce"),
+            Conv(reduced_channels, 1, name="reduce"),
             timm="conv_reduce", torchvision="fc1",
         )
         self.act = get_activation(activation, "act")
         self.gate_fn = (
             HardSigmoid(name="gate")
             if gate == "hard_sigmoid"
-            else keras.layers.Activation("sigmoid", name="gate")
+            else Activation("sigmoid", name="gate")
         )
         self.expand = None
 
     def build(self, input_shape):
         channels = input_shape[-1]
         self.expand = declare(
-            keras.layers.Conv2D(channels, 1, name="expand"), timm="conv_expand", torchvision="fc2"
+            Conv(channels, 1, name="expand"), timm="conv_expand", torchvision="fc2"
         )
         self.reduce.build((input_shape[0], 1, 1, channels))
         self.expand.build((input_shape[0], 1, 1, self.reduced_channels))

@@ -3,11 +3,13 @@
 import keras
 from keras import ops
 
+from .quantization import NothingToQuantize
+
 _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class StochasticDepth(keras.layers.Layer):
+class StochasticDepth(NothingToQuantize, keras.layers.Layer):
     """Drop a whole residual branch per sample with probability `rate` in training.
 
     Kept samples are scaled by `1 / (1 - rate)`, so inference is the identity.
@@ -24,6 +26,7 @@ class StochasticDepth(keras.layers.Layer):
         self.rate = rate
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
 
     def call(self, x, training=None):
         if not training or self.rate == 0.0:

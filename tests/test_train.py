@@ -64,7 +64,7 @@ def resumed_run(tmp_path_factory):
     data = make_images(tmp / "data")
     out = str(tmp / "run")
     # jax2onnx adds ~15 s; tests/test_export.py covers ONNX from JAX.
-    export = ["--export", "onnx"] if BACKEND != "jax" else []
+    export = ["--export", "keras_int8"] + (["onnx"] if BACKEND != "jax" else [])
     args = run_args(data, out, *export)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=BACKEND)
     log = open(tmp / "killed.log", "w")
@@ -114,12 +114,15 @@ def test_report_curves_confusion_and_export(resumed_run):
     report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
     assert "| blue | 2 |" in report and "| red | 2 |" in report
     assert "(resumed)" in report
-    if BACKEND == "jax":
-        return
     assert "## Exported models" in report
-    (onnx,) = resumed_run["result"]["exports"]
-    assert onnx["format"] == "onnx" and os.path.getsize(os.path.join(out, "model.onnx")) > 0
-    assert onnx["agreement"] >= 0.75  # float32 ONNX decides as Keras does (4 images)
+    exports = {e["format"]: e for e in resumed_run["result"]["exports"]}
+    assert set(exports) == ({"keras_int8"} if BACKEND == "jax" else {"keras_int8", "onnx"})
+    for fmt, e in exports.items():
+        assert os.path.getsize(os.path.join(out, e["file"])) == e["bytes"] > 0
+        assert f"| {fmt} | {e['file']} |" in report
+        assert e["agreement"] >= 0.75, fmt  # decides as Keras does (4 images)
+    # int8 weights: the file is well under the float model's.
+    assert exports["keras_int8"]["bytes"] < 0.5 * os.path.getsize(os.path.join(out, "best.keras"))
     with open(os.path.join(out, "classes.json")) as f:
         assert json.load(f)["classes"] == ["blue", "red"]
 

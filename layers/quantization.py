@@ -1,0 +1,147 @@
+"""`model.quantize("int8")` over the whole network.
+
+Keras quantizes `Dense`, `EinsumDense` and `Embedding`, and warns for every
+other layer it meets ("does not have a `quantize` method implemented"). A
+MobileNet is almost all convolutions, so this module gives them the hooks:
+
+- `Int8Kernel`: weight-only int8 for `Conv` and `DepthwiseConv`. The kernel
+  is stored as int8 with one float scale per output channel and turned back
+  into float when the layer runs, so the arithmetic (and BatchNorm folding in
+  `ConvBnAct`) is unchanged and only the stored weights shrink about 4x.
+- `NothingToQuantize`: `quantize()` does nothing, for layers whose weights
+  are at most one vector per channel (BatchNorm, RMSNorm, LayerScale) or
+  that have none (activations, pooling, dropout). The classes below are the
+  Keras layers our models use, with that hook.
+"""
+
+import keras
+from keras import ops
+
+_PACKAGE = "keras_mobilenets"
+
+
+def _stored_dtype(value):
+    dtype = getattr(value, "dtype", None)
+    return None if dtype is None else str(dtype).replace("torch.", "")
+
+
+class Int8Kernel:
+    """Mixin: weight-only int8 quantization of a convolution's `_kernel`.
+
+    `quantize("int8")` replaces the float kernel by int8 values `q` and a
+    per-output-channel `kernel_scale` `s` (`q = round(kernel * s)`, Keras'
+    abs-max convention, `s = 127 / max|kernel|`); `kernel` then returns
+    `q / s` in the compute dtype. Only "int8" is supported; the activation
+    quantizer of a `QuantizationConfig` is not used (weight-only).
+
+    A saved quantized layer stores `kernel` (int8), `bias` if any, and
+    `kernel_scale`. Layers inside our blocks are rebuilt in float when a
+    model is loaded; `load_own_variables` sees the int8 kernel in the file
+    and quantizes the layer before assigning, so `.keras` files round-trip.
+    """
+
+    # Axes of the kernel reduced to one scale per output channel.
+    _SCALE_AXES = (0, 1, 2)
+
+    def _dequantize(self, kernel):
+        if self.quantization_mode != "int8":
+            return kernel
+        dtype = self.compute_dtype
+        return ops.cast(kernel, dtype) / ops.cast(self.kernel_scale, dtype)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        del type_check, config
+        if mode != "int8":
+            raise NotImplementedError(
+                f"Layer {type(self).__name__} supports mode='int8' (weight-only) only, "
+                f"got mode={mode!r}."
+            )
+        if getattr(self, "lora_enabled", False):
+            raise ValueError(f"Layer {self.name!r}: merge or disable LoRA before quantizing.")
+        values, scale = keras.quantizers.abs_max_quantize(
+            self._kernel, axis=self._SCALE_AXES, to_numpy=True
+        )
+        shape = tuple(self._kernel.shape)
+        # Not `del self._kernel`: Keras' __delattr__ runs a full gc.collect()
+        # per variable (half a second each with TensorFlow and torch loaded).
+        self._untrack_variable(self._kernel)
+        self._kernel = self.add_weight(
+            name="kernel", shape=shape, initializer="zeros", dtype="int8", trainable=False
+        )
+        self.kernel_scale = self.add_weight(
+            name="kernel_scale",
+            shape=shape[len(self._SCALE_AXES):],
+            initializer="ones",
+            trainable=False,
+        )
+        self._kernel.assign(values)
+        self.kernel_scale.assign(ops.reshape(scale, self.kernel_scale.shape))
+        # Set before the policy: its setter would otherwise call quantize again.
+        self._is_quantized = True
+        self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+
+    def _int8_call(self, inputs, training=None):
+        del training
+        return self.call(inputs)
+
+    def _int8_variables(self):
+        bias = [self.bias] if self.use_bias else []
+        return [self._kernel, *bias, self.kernel_scale]
+
+    def save_own_variables(self, store):
+        if self.quantization_mode != "int8":
+            return super().save_own_variables(store)
+        for i, variable in enumerate(self._int8_variables()):
+            store[str(i)] = variable
+
+    def load_own_variables(self, store):
+        saved_int8 = len(store.keys()) > 0 and _stored_dtype(store["0"]) == "int8"
+        if saved_int8 and self.built and self.quantization_mode != "int8":
+            self.quantize("int8")
+        if self.quantization_mode != "int8":
+            return super().load_own_variables(store)
+        variables = self._int8_variables()
+        if not saved_int8 or len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer {self.path!r} is int8-quantized and expects {len(variables)} saved "
+                f"variables (int8 kernel, bias if any, kernel_scale), but the file has "
+                f"{len(store.keys())} with a {_stored_dtype(store['0'])} kernel. Load float "
+                "weights before calling quantize()."
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
+
+
+class NothingToQuantize:
+    """Mixin: `quantize()` is a no-op (no weights worth storing in int8)."""
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        del mode, type_check, config
+
+
+def _with_nothing_to_quantize(base):
+    cls = type(
+        base.__name__,
+        (NothingToQuantize, base),
+        {
+            "__module__": __name__,
+            "__doc__": f"`keras.layers.{base.__name__}` whose `quantize()` is a no-op.",
+        },
+    )
+    return keras.saving.register_keras_serializable(package=_PACKAGE)(cls)
+
+
+Activation = _with_nothing_to_quantize(keras.layers.Activation)
+AveragePooling2D = _with_nothing_to_quantize(keras.layers.AveragePooling2D)
+BatchNormalization = _with_nothing_to_quantize(keras.layers.BatchNormalization)
+Dropout = _with_nothing_to_quantize(keras.layers.Dropout)
+GlobalAveragePooling2D = _with_nothing_to_quantize(keras.layers.GlobalAveragePooling2D)
+GlobalMaxPooling2D = _with_nothing_to_quantize(keras.layers.GlobalMaxPooling2D)
+InputLayer = _with_nothing_to_quantize(keras.layers.InputLayer)
+ReLU = _with_nothing_to_quantize(keras.layers.ReLU)
+Rescaling = _with_nothing_to_quantize(keras.layers.Rescaling)
+
+
+def Input(shape, name=None):  # noqa: N802 (mirrors keras.Input)
+    """`keras.Input` whose layer is our `InputLayer` (no quantize warning)."""
+    return InputLayer(shape=shape, name=name).output
