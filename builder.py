@@ -29,6 +29,7 @@ from keras_mobilenets.arguments import (
     check_variant,
     check_width,
 )
+from keras_mobilenets.host_init import initialized_on_host
 from keras_mobilenets.layers import declare, make_divisible, quantization
 from keras_mobilenets.weights import loading
 from keras_mobilenets.weights.registry import IMAGENET_MEAN, IMAGENET_STD
@@ -248,24 +249,27 @@ def build_model(
         )
         body.append(declare(head_conv, **_torchvision(arch, f"features.{index + 1}")))
 
-    inputs = quantization.Input(shape=input_shape, name="input")
-    x = inputs
-    outputs = []
-    for layer in body:
-        x = layer(x)
-        outputs.append(x)
-    if head.fusion:
-        x = _fusion(head.fusion, arch, style)([outputs[stage_ends[s]] for s in head.fusion.stages])
-    if include_top:
-        x = _classifier_top(
-            x, arch, style, arch.activation, width, num_classes, dropout_rate, classifier_activation
-        )
-    else:
-        x = feature_pooling(x, pooling)
     if name is None:
         multiplier = f"_{width_multiplier:g}" if width_multiplier != 1.0 else ""
         name = (spec.name_format or arch.name_format).format(
             variant=variant, width=width, multiplier=multiplier
         ) + ("_minimalistic" if minimalistic else "")
-    model = keras.Model(inputs, x, name=name)
+    # Built on the host on JAX: no initializer compiled per weight shape.
+    with initialized_on_host() as host:
+        inputs = quantization.Input(shape=input_shape, name="input")
+        x = inputs
+        outputs = []
+        for layer in body:
+            x = layer(x)
+            outputs.append(x)
+        if head.fusion:
+            x = _fusion(head.fusion, arch, style)([outputs[stage_ends[s]] for s in head.fusion.stages])
+        if include_top:
+            x = _classifier_top(
+                x, arch, style, arch.activation, width, num_classes, dropout_rate, classifier_activation
+            )
+        else:
+            x = feature_pooling(x, pooling)
+        model = keras.Model(inputs, x, name=name)
+        host.initialize(model)
     return loading.load_weights(model, weights_file, include_top)
