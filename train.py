@@ -210,11 +210,14 @@ def build_model(settings, num_classes):
         raise TrainError(f"Cannot build --model {settings['model']} with --weights {weights}: "
                          f"{e}") from e
     mean, std = input_normalization(version, variant, weights)
-    inputs = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Rescaling([1.0 / (255.0 * s) for s in std],
+    # Layers whose quantize() is a no-op: `model.quantize("int8")` warns of none.
+    from keras_mobilenets.layers import quantization
+
+    inputs = quantization.Input((size, size, 3), name="image")
+    x = quantization.Rescaling([1.0 / (255.0 * s) for s in std],
                                offset=[-m / s for m, s in zip(mean, std)], name="normalize")(inputs)
     x = backbone(x)
-    x = keras.layers.Dropout(0.2, name="dropout")(x)
+    x = quantization.Dropout(0.2, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  name="classes")(x)
     model = keras.Model(inputs, outputs, name=f"{settings['model']}_classifier")

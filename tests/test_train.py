@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -90,7 +91,10 @@ def resumed_run(tmp_path_factory):
     killed_rows = read_rows(out)
     assert not os.path.exists(os.path.join(out, "report.md"))
     started = time.monotonic()
-    result = train.train(train.parse_args(args))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train.train(train.parse_args(args))
+    result["quantize_warnings"] = [str(w.message) for w in caught if "quantize" in str(w.message)]
     return dict(out=out, data=data, first_row=first_row, killed_rows=killed_rows,
                 result=result, resume_s=time.monotonic() - started, tmp=tmp)
 
@@ -121,6 +125,7 @@ def test_report_curves_confusion_and_export(resumed_run):
         assert os.path.getsize(os.path.join(out, e["file"])) == e["bytes"] > 0
         assert f"| {fmt} | {e['file']} |" in report
         assert e["agreement"] >= 0.75, fmt  # decides as Keras does (4 images)
+    assert resumed_run["result"]["quantize_warnings"] == []
     # int8 weights: the file is well under the float model's.
     assert exports["keras_int8"]["bytes"] < 0.5 * os.path.getsize(os.path.join(out, "best.keras"))
     with open(os.path.join(out, "classes.json")) as f:
