@@ -225,6 +225,25 @@ def test_bad_settings_are_refused(tmp_path, capsys):
         refused(capsys, run_args(data, out, "--export", "litert"), "needs the TensorFlow", out)
 
 
+def test_val_dir_is_the_validation_set(tmp_path, capsys):
+    data = make_images(tmp_path / "data", per_class=4)
+    val = make_images(tmp_path / "val", per_class=3, seed=1)
+    out = str(tmp_path / "run")
+    result = train.train(train.parse_args(
+        [data, "--val-dir", val, "--model", MODEL, "--weights", "none", "--epochs", "1",
+         "--batch-size", "4", "--image-size", "32", "--out", out, "--no-augment"]))
+    assert result["epochs"] == 1
+    report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    # All 8 DATA_DIR images train; the 6 --val-dir images validate.
+    assert "8 training and 6 validation images" in report
+    assert "| blue | 3 |" in report and "| red | 3 |" in report
+    wrong = tmp_path / "wrong"
+    make_images(wrong, per_class=1, colors={"blue": (0, 0, 200), "green": (0, 200, 0)})
+    other = str(tmp_path / "other")
+    refused(capsys, [data, "--val-dir", str(wrong), "--weights", "none", "--out", other],
+            "but the training data has", other)
+
+
 def test_non_image_and_corrupt_files_are_skipped_and_counted(tmp_path):
     data = make_images(tmp_path / "data", per_class=3)
     (tmp_path / "data" / "red" / "notes.txt").write_text("not an image")
