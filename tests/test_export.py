@@ -324,12 +324,13 @@ if BACKEND == "tensorflow":
 
     # On a trained model (the example dataset, sklearn digits) the int8 model
     # must keep the float model's decisions: 1.000 (V3 small) and 0.997
-    # (V4 conv_small) after 5 epochs in the dev run. Three epochs here.
+    # (V4 conv_small) after 5 epochs in the dev run. Three epochs here, V3
+    # small only (suite time; V4's int8 conversion is in test_int8_litert).
     DIGITS_MIN_TOP1 = 0.95
     DIGITS_MIN_ACCURACY = 0.8
     DIGITS_MIN_SIZE_RATIO = 2.5  # the 10-class head of the digits model shrinks less
 
-    @pytest.mark.parametrize("name", INT8_MODELS)
+    @pytest.mark.parametrize("name", ["v3_small"])
     def test_int8_on_example_dataset(name, tmp_path):
         spec = importlib.util.spec_from_file_location(
             "int8_digits", os.path.join(ROOT, "examples", "int8_digits.py")
