@@ -18,17 +18,9 @@ import math
 
 import keras
 import numpy as np
+from keras.src.initializers.random_initializers import compute_fans
 
 _HOST_DTYPES = ("float16", "float32", "float64")
-
-
-def _fans(shape):
-    if len(shape) < 1:
-        return 1, 1
-    if len(shape) == 1:
-        return shape[0], shape[0]
-    receptive = math.prod(shape[:-2])
-    return shape[-2] * receptive, shape[-1] * receptive
 
 
 def _truncated_normal(rng, shape, stddev):
@@ -59,9 +51,7 @@ def host_value(initializer, shape, dtype):
         return None
     rng = np.random.default_rng(seed)
     if isinstance(initializer, init.VarianceScaling):
-        if initializer.input_axes is not None or initializer.output_axes is not None:
-            return None
-        fan_in, fan_out = _fans(shape)
+        fan_in, fan_out = compute_fans(shape, initializer.input_axes, initializer.output_axes)
         fan = {"fan_in": fan_in, "fan_out": fan_out}.get(initializer.mode, (fan_in + fan_out) / 2)
         scale = initializer.scale / max(1.0, fan)
         if initializer.distribution == "truncated_normal":

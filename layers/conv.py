@@ -22,9 +22,7 @@ class Conv(Int8Kernel, keras.layers.Conv2D):
 
     @property
     def kernel(self):
-        if self.quantization_mode == "int8":
-            return self._dequantize(self._kernel)
-        return super().kernel
+        return self._dequantize(super().kernel)
 
     def convolution_op(self, inputs, kernel):
         if self.data_format != "channels_last" or self.groups != 1:
