@@ -29,8 +29,7 @@ from keras_mobilenets.arguments import (
     check_variant,
     check_width,
 )
-from keras_mobilenets.host_init import initialized_on_host
-from keras_mobilenets.layers import declare, make_divisible, quantization
+from keras_mobilenets.layers import Dense, declare, make_divisible, quantization
 from keras_mobilenets.weights import loading
 from keras_mobilenets.weights.registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -105,7 +104,7 @@ def _classifier_top(x, arch, style, act, width, num_classes, dropout_rate, class
     x = quantization.GlobalAveragePooling2D(name="avg_pool")(x)
     if head.hidden:
         # The reference's 1x1 conv on the pooled 1x1 map, as a Dense layer.
-        dense = keras.layers.Dense(
+        dense = Dense(
             style.rule(head.rule, head.hidden, width), use_bias=head.hidden_bias, name="head_conv"
         )
         x = declare(dense, timm="conv_head", **_torchvision(arch, tv and tv.head))(x)
@@ -117,7 +116,7 @@ def _classifier_top(x, arch, style, act, width, num_classes, dropout_rate, class
         x = blocks.get_activation(act, "head_act")(x)
     if dropout_rate > 0:
         x = quantization.Dropout(dropout_rate, name="dropout")(x)
-    classifier = keras.layers.Dense(num_classes, name="classifier")
+    classifier = Dense(num_classes, name="classifier")
     x = declare(classifier, timm="classifier", **_torchvision(arch, tv and tv.classifier))(x)
     return quantization.Activation(classifier_activation, dtype="float32", name="predictions")(x)
 
@@ -254,22 +253,19 @@ def build_model(
         name = (spec.name_format or arch.name_format).format(
             variant=variant, width=width, multiplier=multiplier
         ) + ("_minimalistic" if minimalistic else "")
-    # Built on the host on JAX: no initializer compiled per weight shape.
-    with initialized_on_host() as host:
-        inputs = quantization.Input(shape=input_shape, name="input")
-        x = inputs
-        outputs = []
-        for layer in body:
-            x = layer(x)
-            outputs.append(x)
-        if head.fusion:
-            x = _fusion(head.fusion, arch, style)([outputs[stage_ends[s]] for s in head.fusion.stages])
-        if include_top:
-            x = _classifier_top(
-                x, arch, style, arch.activation, width, num_classes, dropout_rate, classifier_activation
-            )
-        else:
-            x = feature_pooling(x, pooling)
-        model = keras.Model(inputs, x, name=name)
-        host.initialize(model)
+    inputs = quantization.Input(shape=input_shape, name="input")
+    x = inputs
+    outputs = []
+    for layer in body:
+        x = layer(x)
+        outputs.append(x)
+    if head.fusion:
+        x = _fusion(head.fusion, arch, style)([outputs[stage_ends[s]] for s in head.fusion.stages])
+    if include_top:
+        x = _classifier_top(
+            x, arch, style, arch.activation, width, num_classes, dropout_rate, classifier_activation
+        )
+    else:
+        x = feature_pooling(x, pooling)
+    model = keras.Model(inputs, x, name=name)
     return loading.load_weights(model, weights_file, include_top)

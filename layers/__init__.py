@@ -12,6 +12,7 @@ from .conv_bn_act import ConvBnAct
 from .depthwise_conv import DepthwiseConv
 from .depthwise_separable import DepthwiseSeparableConv
 from .fused_inverted_bottleneck import FusedInvertedBottleneck
+from .initializers import Dense, HostInitialized
 from .inverted_residual import InvertedResidual
 from .layer_scale import LayerScale
 from .mobile_mqa import MobileMQA
@@ -26,10 +27,12 @@ __all__ = [
     "ACTIVATIONS",
     "Conv",
     "ConvBnAct",
+    "Dense",
     "DepthwiseConv",
     "DepthwiseSeparableConv",
     "FusedInvertedBottleneck",
     "GELU",
+    "HostInitialized",
     "HardSigmoid",
     "HardSwish",
     "InvertedResidual",

@@ -2,6 +2,7 @@
 
 import keras
 
+from .initializers import HostInitialized
 from .quantization import Int8Kernel
 from .utils import conv_nhwc
 
@@ -9,7 +10,7 @@ _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Conv(Int8Kernel, keras.layers.Conv2D):
+class Conv(HostInitialized, Int8Kernel, keras.layers.Conv2D):
     """`keras.layers.Conv2D` (channels-last) computed through `conv_nhwc`.
 
     On the PyTorch backend this skips the NHWC -> NCHW -> channels-last copies

@@ -2,13 +2,14 @@
 
 import keras
 
+from .initializers import HostInitialized
 from .quantization import NothingToQuantize
 
 _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class LayerScale(NothingToQuantize, keras.layers.Layer):
+class LayerScale(HostInitialized, NothingToQuantize, keras.layers.Layer):
     """Multiply each channel by a learnable `gamma`, initialised to `init_value`.
 
     Args:

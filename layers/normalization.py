@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from .initializers import HostInitialized
 from .quantization import BatchNormalization, NothingToQuantize
 
 _PACKAGE = "keras_mobilenets"
@@ -10,7 +11,7 @@ NORMS = ("batch", "rms")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class RMSNorm2D(NothingToQuantize, keras.layers.Layer):
+class RMSNorm2D(HostInitialized, NothingToQuantize, keras.layers.Layer):
     """Root-mean-square normalisation of each pixel over its channels.
 
     `y = x / sqrt(mean_c(x^2) + epsilon) * gamma`: no mean subtraction, no

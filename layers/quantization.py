@@ -15,7 +15,10 @@ MobileNet is almost all convolutions, so this module gives them the hooks:
 """
 
 import keras
+import numpy as np
 from keras import ops
+
+from .initializers import HostInitialized
 
 _PACKAGE = "keras_mobilenets"
 
@@ -23,6 +26,18 @@ _PACKAGE = "keras_mobilenets"
 def _stored_dtype(value):
     dtype = getattr(value, "dtype", None)
     return None if dtype is None else str(dtype).replace("torch.", "")
+
+
+def _concrete_on_jax(*variables):
+    """Numpy copies of the variables' values on JAX outside tracing, else None."""
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    values = [getattr(v, "value", v) for v in variables]
+    if any(isinstance(v, jax.core.Tracer) for v in values):
+        return None
+    return [np.asarray(v) for v in values]
 
 
 class Int8Kernel:
@@ -47,6 +62,14 @@ class Int8Kernel:
         if self.quantization_mode != "int8":
             return kernel
         dtype = self.compute_dtype
+        concrete = _concrete_on_jax(kernel, self.kernel_scale)
+        if concrete is not None:
+            # Outside a traced call (reading `kernel`, which saving does for
+            # every layer), eager JAX would compile one program per shape.
+            import jax
+
+            q, scale = (np.asarray(v, dtype) for v in concrete)
+            return jax.device_put(q / scale)
         return ops.cast(kernel, dtype) / ops.cast(self.kernel_scale, dtype)
 
     def quantize(self, mode=None, type_check=True, config=None):
@@ -58,10 +81,13 @@ class Int8Kernel:
             )
         if getattr(self, "lora_enabled", False):
             raise ValueError(f"Layer {self.name!r}: merge or disable LoRA before quantizing.")
-        values, scale = keras.quantizers.abs_max_quantize(
-            self._kernel, axis=self._SCALE_AXES, to_numpy=True
-        )
-        shape = tuple(self._kernel.shape)
+        # Keras' abs_max_quantize(to_numpy=True), kept in numpy: its tensors
+        # (and reshaping them) compile per shape on JAX.
+        kernel = ops.convert_to_numpy(self._kernel)
+        peak = np.max(np.abs(kernel), axis=self._SCALE_AXES, keepdims=True)
+        scale = np.divide(127, np.add(peak, keras.backend.epsilon()))
+        values = np.clip(np.round(kernel * scale), -127, 127).astype("int8")
+        shape = kernel.shape
         # Not `del self._kernel`: Keras' __delattr__ runs a full gc.collect()
         # per variable (half a second each with TensorFlow and torch loaded).
         self._untrack_variable(self._kernel)
@@ -75,7 +101,7 @@ class Int8Kernel:
             trainable=False,
         )
         self._kernel.assign(values)
-        self.kernel_scale.assign(ops.reshape(scale, self.kernel_scale.shape))
+        self.kernel_scale.assign(np.reshape(scale, self.kernel_scale.shape).astype("float32"))
         # Set before the policy: its setter would otherwise call quantize again.
         self._is_quantized = True
         self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
@@ -122,10 +148,11 @@ class NothingToQuantize:
 def _with_nothing_to_quantize(base):
     cls = type(
         base.__name__,
-        (NothingToQuantize, base),
+        (HostInitialized, NothingToQuantize, base),
         {
             "__module__": __name__,
-            "__doc__": f"`keras.layers.{base.__name__}` whose `quantize()` is a no-op.",
+            "__doc__": f"`keras.layers.{base.__name__}` whose `quantize()` is a no-op "
+            "(and whose weights, if any, start on the host on JAX).",
         },
     )
     return keras.saving.register_keras_serializable(package=_PACKAGE)(cls)

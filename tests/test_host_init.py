@@ -1,4 +1,4 @@
-"""Initial weights drawn on the host (host_init.py, the fast JAX build):
+"""Initial weights drawn on the host (layers/initializers.py, fast JAX builds and loads):
 the same distributions as Keras' initializers, repeatable for a seed, and
 what the builder gives every variable on JAX."""
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from keras_mobilenets import create_mobilenetv3
-from keras_mobilenets.host_init import host_value
+from keras_mobilenets.layers.initializers import host_value
 
 BACKEND = keras.backend.backend()
 SHAPE = (3, 3, 256, 256)  # a conv kernel: 590k samples
@@ -72,3 +72,38 @@ def test_built_models_are_initialised_and_repeatable_for_a_seed():
     stem = keras.ops.convert_to_numpy(first.get_layer("stem").conv.kernel)
     limit = np.sqrt(6.0 / (27 + 3 * 3 * 16))  # Glorot uniform for (3, 3, 3, 16)
     assert np.abs(stem).max() <= limit and stem.std() > 0.4 * limit
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="Keras initializers compile on JAX only")
+def test_build_load_and_quantize_compile_nothing_on_jax(tmp_path):
+    """Building, `load_model` (which builds the layers afresh before reading
+    the file) and `quantize` compile no XLA program per weight shape (only
+    Keras' Dense quantization and one head op do). The odd width gives shapes
+    no other test has compiled."""
+    import jax
+
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        model = create_mobilenetv3("small", 1.37, input_shape=(32, 32, 3), num_classes=3)
+        built = len(compiles)
+        path = str(tmp_path / "odd.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        loaded_compiles = len(compiles) - built
+        loaded.quantize("int8")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    quantized = len(compiles) - built - loaded_compiles
+    shapes = {tuple(w.shape) for w in model.weights}
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    # Before host-side values: one compile per distinct weight shape in each.
+    assert len(shapes) > 30
+    assert built <= 2 and loaded_compiles <= 2, (built, loaded_compiles)
+    # Keras' own Dense.quantize still runs eager ops: two per Dense layer.
+    assert quantized <= 2 * len(dense), (quantized, len(dense))

@@ -41,20 +41,30 @@ def float_kernels(model):
     }
 
 
+def dequantized(layer):
+    """The int8 values over their scale, in numpy (eager ops on JAX would
+    compile once per kernel shape)."""
+    q, scale = (keras.ops.convert_to_numpy(v) for v in (layer._kernel, layer.kernel_scale))
+    return q.astype("float32") / scale
+
+
 def check_quantized(model, before):
     """Every kernel stored in int8, and dequantized within half a step."""
     kernels = [layer for layer in leaves(model) if isinstance(layer, KERNEL_LAYERS)]
     assert {layer.path for layer in kernels} == set(before)
+    ours = [layer for layer in kernels if not isinstance(layer, keras.layers.Dense)]
     for layer in kernels:
         assert layer.quantization_mode == "int8", layer.path
         assert keras.backend.standardize_dtype(layer._kernel.dtype) == "int8", layer.path
+    for layer in ours:  # Keras quantizes Dense itself, with a scale layout of its own
         original = before[layer.path]
-        if isinstance(layer, keras.layers.Dense):
-            continue  # Keras' own quantization, scale layout of its own
-        restored = keras.ops.convert_to_numpy(layer.kernel)
         axes = tuple(range(original.ndim - (2 if isinstance(layer, DepthwiseConv) else 1)))
         step = np.max(np.abs(original), axis=axes) / 127.0
-        assert np.all(np.abs(restored - original) <= 0.5 * step + 1e-7), layer.path
+        assert np.all(np.abs(dequantized(layer) - original) <= 0.5 * step + 1e-7), layer.path
+    # `kernel`, what every forward pass uses, is that same dequantization.
+    for layer in (ours[0], next(x for x in ours if isinstance(x, DepthwiseConv))):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(layer.kernel), dequantized(layer), rtol=1e-6)
 
 
 @pytest.mark.parametrize("version", list(FAMILIES) + ["v5"])

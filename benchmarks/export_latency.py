@@ -1,0 +1,391 @@
+"""Latency of the exported models, in the runtimes users deploy them with.
+
+For each model, ours is exported beside the references and every file is
+timed in the same process, alternating (see `time_files`):
+
+* LiteRT (`ai_edge_litert`, XNNPACK, batch 1, 1 and 2 threads): float32 and
+  full-integer int8 `.tflite`, ours and keras.applications' (V1-V3), both
+  from the TensorFlow backend with the same weights. timm's would need
+  litert-torch, which cannot be installed beside this environment's torch
+  (it pins typing_extensions 4.12.2), so V4 has no LiteRT reference.
+* ONNX (onnxruntime, 1 thread, batch 1 and 32): ours from the TensorFlow
+  backend (tf2onnx) against keras.applications' exported the same way (same
+  weights), and ours from the torch backend (torch.onnx) against timm's own
+  `torch.onnx.export` (ours given timm's weights).
+
+Op counts per graph (`.tflite` operators; ONNX nodes after onnxruntime's own
+graph optimisation, which is what runs) say where the time goes.
+
+Usage:
+
+    python benchmarks/export_latency.py --out benchmarks/export_latency.md
+
+Export runs in one subprocess per backend (`--phase export-tensorflow`,
+`--phase export-torch`); the timing needs neither Keras nor torch.
+"""
+
+import argparse
+import collections
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from common import MODELS, log  # noqa: E402
+
+DEFAULT_MODELS = ["v1", "v2", "v3_large", "v3_small", "v4_conv_small", "v4_conv_medium",
+                  "v4_hybrid_medium"]
+SEED = 0
+
+
+# ------------------------------------------------------------------ export
+
+
+def images(spec, batch, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    size = spec["size"]
+    high = 255.0 if spec["module"] == "mobilenet_v3" else 1.0
+    low = 0.0 if high == 255.0 else -1.0
+    return rng.uniform(low, high, (batch, size, size, 3)).astype("float32")
+
+
+def build_ours(spec, weights=None):
+    import importlib
+
+    module = importlib.import_module(spec["module"])
+    size = spec["size"]
+    return getattr(module, spec["factory"])(
+        **spec["kwargs"], input_shape=(size, size, 3), weights=weights)
+
+
+def export_tensorflow(keys, workdir):
+    """Ours and keras.applications' (same weights): float and int8 .tflite, ONNX."""
+    import keras
+    import numpy as np
+
+    from keras_mobilenets.train_report import export_model
+    from keras_mobilenets.weights.assign import transfer_from_keras_model
+
+    for key in keys:
+        spec = MODELS[key]
+        keras.utils.set_random_seed(SEED)
+        ours = build_ours(spec)
+        models = {"ours_tf": ours}
+        if spec["keras_app"]:
+            size = spec["size"]
+            ref = getattr(keras.applications, spec["keras_app"])(
+                input_shape=(size, size, 3), weights=None)
+            transfer_from_keras_model(ours, ref)
+            models["keras_tf"] = ref
+        x = images(spec, 1, 1)
+        representative = images(spec, 8, 2)
+        outputs = {}
+        for name, model in models.items():
+            outputs[name] = keras.ops.convert_to_numpy(model(x, training=False))
+            stem = workdir / f"{key}.{name}"
+            log(f"export {key} {name}")
+            export_model(model, "litert", str(stem) + ".tflite", None)
+            export_model(model, "litert_int8", str(stem) + ".int8.tflite", representative)
+            export_model(model, "onnx", str(stem) + ".onnx", representative)
+        np.savez(workdir / f"{key}.tensorflow.npz", x=x, **outputs)
+
+
+def export_torch(keys, workdir):
+    """timm's `torch.onnx.export`, and ours on the torch backend with timm's weights."""
+    import keras
+    import numpy as np
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    for key in keys:
+        spec = MODELS[key]
+        torch.manual_seed(SEED)
+        reference = timm.create_model(spec["timm"], pretrained=False).eval()
+        checkpoint = workdir / f"{key}.timm.safetensors"
+        save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(checkpoint))
+        ours = build_ours(spec, weights=str(checkpoint))
+        x = images(spec, 1, 1)
+        log(f"export {key} timm, ours_torch")
+        with torch.no_grad():
+            expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+            torch.onnx.export(
+                reference, (torch.zeros(1, 3, spec["size"], spec["size"]),),
+                str(workdir / f"{key}.timm.onnx"), input_names=["input"],
+                output_names=["logits"], dynamic_axes={"input": {0: "batch"}},
+                dynamo=False)
+        ours.export(str(workdir / f"{key}.ours_torch.onnx"), format="onnx", verbose=False)
+        got = keras.ops.convert_to_numpy(ours(x, training=False))
+        np.savez(workdir / f"{key}.torch.npz", x=x, timm=expected, ours_torch=got)
+        os.remove(checkpoint)
+
+
+# ------------------------------------------------------------------ runtimes
+
+
+def litert_runner(path, threads, batch_shape):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.resize_tensor_input(inp["index"], batch_shape)
+    interpreter.allocate_tensors()
+
+    def run(x):
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"])
+
+    return run
+
+
+def onnx_runner(path, threads, batch_shape, optimized_path=None):
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if optimized_path:
+        options.optimized_model_filepath = str(optimized_path)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    transpose = tuple(session.get_inputs()[0].shape[1:2]) == (3,)  # timm: NCHW
+
+    cache = [None, None]  # NHWC -> NCHW once per input array, outside the timed calls
+
+    def run(x):
+        if transpose and cache[0] is not x:
+            cache[:] = [x, np.ascontiguousarray(x.transpose(0, 3, 1, 2))]
+        return session.run(None, {name: cache[1] if transpose else x})[0]
+
+    return run
+
+
+def time_files(runners, x, rounds, target_s=0.25):
+    """Milliseconds per call of each runner, one value per round.
+
+    Each round runs every runner for one block of calls, in a shuffled order,
+    so that a slow phase of the machine hits all of them; the ratio of a
+    round is taken inside the round.
+    """
+    names = list(runners)
+    for run in runners.values():  # warm up; size the block from the slowest
+        run(x)
+    start = time.perf_counter()
+    for run in runners.values():
+        run(x)
+    calls = max(1, int(target_s / max(1e-4, (time.perf_counter() - start) / len(names))))
+    per_call = {name: [] for name in names}
+    rng = random.Random(SEED)
+    for _ in range(rounds):
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
+            run = runners[name]
+            start = time.perf_counter()
+            for _ in range(calls):
+                run(x)
+            per_call[name].append((time.perf_counter() - start) / calls * 1e3)
+    return per_call
+
+
+def ratio(per_call, name, reference):
+    """Median and spread of the per-round ratios name / reference."""
+    values = sorted(a / b for a, b in zip(per_call[name], per_call[reference]))
+    return statistics.median(values), values[0], values[-1]
+
+
+# ------------------------------------------------------------------ op counts
+
+WATCHED = {
+    "tflite": ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "PAD", "TRANSPOSE",
+               "RESHAPE", "MEAN", "AVERAGE_POOL_2D", "HARD_SWISH", "MUL", "ADD", "QUANTIZE",
+               "DEQUANTIZE"),
+    "onnx": ("Conv", "FusedConv", "QLinearConv", "Gemm", "MatMul", "Pad", "Transpose",
+             "Reshape", "GlobalAveragePool", "ReduceMean", "HardSwish", "HardSigmoid", "Mul",
+             "Add"),
+}
+
+
+def tflite_ops(path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    graph = model.Subgraphs(0)
+    counts = collections.Counter()
+    for i in range(graph.OperatorsLength()):
+        code = codes[graph.Operators(i).OpcodeIndex()]
+        counts[names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]] += 1
+    return counts
+
+
+def onnx_ops(path):
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return collections.Counter(node.op_type for node in model.graph.node)
+
+
+def ops_text(counts, kind):
+    shown = [f"{name} {counts[name]}" for name in WATCHED[kind] if counts.get(name)]
+    rest = sum(n for name, n in counts.items() if name not in WATCHED[kind])
+    return f"{sum(counts.values())}: " + ", ".join(shown) + (f", other {rest}" if rest else "")
+
+
+# ------------------------------------------------------------------ timing
+
+
+def measure(keys, workdir, rounds):
+    import numpy as np
+
+    results = []
+    for key in keys:
+        spec = MODELS[key]
+        tf_out = np.load(workdir / f"{key}.tensorflow.npz")
+        torch_out = np.load(workdir / f"{key}.torch.npz")
+        has_keras = spec["keras_app"] is not None
+        for precision, suffix in (("float32", ".tflite"), ("int8", ".int8.tflite")):
+            files = {"keras_tf": workdir / f"{key}.keras_tf{suffix}"} if has_keras else {}
+            files["ours_tf"] = workdir / f"{key}.ours_tf{suffix}"
+            for threads in (1, 2):
+                x = tf_out["x"]
+                runners = {name: litert_runner(path, threads, x.shape) for name, path in files.items()}
+                diffs = {name: float(np.abs(run(x) - tf_out[name]).max())
+                         for name, run in runners.items()}
+                log(f"litert {key} {precision} {threads} thread(s)")
+                per_call = time_files(runners, x, rounds)
+                results.append(dict(
+                    runtime="litert", model=key, precision=precision, threads=threads, batch=1,
+                    ms={n: statistics.median(v) for n, v in per_call.items()},
+                    ratios={"ours_tf/keras_tf": ratio(per_call, "ours_tf", "keras_tf")}
+                    if has_keras else {},
+                    max_abs_diff=diffs,
+                    ops={n: tflite_ops(p) for n, p in files.items()} if threads == 1 else {}))
+        files = {"keras_tf": workdir / f"{key}.keras_tf.onnx"} if has_keras else {}
+        files.update(ours_tf=workdir / f"{key}.ours_tf.onnx", timm=workdir / f"{key}.timm.onnx",
+                     ours_torch=workdir / f"{key}.ours_torch.onnx")
+        expected = {"keras_tf": tf_out.get("keras_tf"), "ours_tf": tf_out["ours_tf"],
+                    "timm": torch_out["timm"], "ours_torch": torch_out["ours_torch"]}
+        for batch in (1, 32):
+            x = np.repeat(tf_out["x"], batch, axis=0)
+            optimized = {n: workdir / f"{p.stem}.ort.onnx" for n, p in files.items()}
+            runners = {n: onnx_runner(p, 1, x.shape, optimized[n] if batch == 1 else None)
+                       for n, p in files.items()}
+            source = {"keras_tf": tf_out, "ours_tf": tf_out, "timm": torch_out,
+                      "ours_torch": torch_out}
+            diffs = {n: float(np.abs(run(np.repeat(source[n]["x"], batch, axis=0))[:1]
+                                     - expected[n]).max()) for n, run in runners.items()}
+            log(f"onnx {key} batch {batch}")
+            per_call = time_files(runners, x, rounds)
+            ratios = {"ours_torch/timm": ratio(per_call, "ours_torch", "timm"),
+                      "ours_tf/timm": ratio(per_call, "ours_tf", "timm")}
+            if has_keras:
+                ratios["ours_tf/keras_tf"] = ratio(per_call, "ours_tf", "keras_tf")
+            results.append(dict(
+                runtime="onnx", model=key, precision="float32", threads=1, batch=batch,
+                ms={n: statistics.median(v) for n, v in per_call.items()}, ratios=ratios,
+                max_abs_diff=diffs,
+                ops={n: onnx_ops(p) for n, p in optimized.items()} if batch == 1 else {}))
+    return results
+
+
+# ------------------------------------------------------------------ report
+
+
+def fmt_ratio(r):
+    return f"**{r[0]:.2f}** ({r[1]:.2f}-{r[2]:.2f})" if r else "-"
+
+
+def render(results, command):
+    lines = ["# Exported-model latency", "", f"Command: `{command}`", "",
+             "Median milliseconds per call; ratios are medians of per-round ratios "
+             "(min-max across rounds), < 1 means ours is faster.", "",
+             "## LiteRT (ai_edge_litert, XNNPACK, batch 1)", "",
+             "| model | precision | threads | keras.apps ms | ours ms | ours / keras.apps |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in (r for r in results if r["runtime"] == "litert"):
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['threads']} | "
+            f"{r['ms'].get('keras_tf', float('nan')):.2f} | {r['ms']['ours_tf']:.2f} | "
+            f"{fmt_ratio(r['ratios'].get('ours_tf/keras_tf'))} |")
+    lines += ["", "## ONNX (onnxruntime, 1 thread)", "",
+              "| model | batch | keras.apps (TF) ms | ours (TF) ms | ours (TF) / keras.apps | "
+              "timm ms | ours (torch) ms | ours (torch) / timm | ours (TF) / timm |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in (r for r in results if r["runtime"] == "onnx"):
+        ms, ra = r["ms"], r["ratios"]
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {ms.get('keras_tf', float('nan')):.2f} | "
+            f"{ms['ours_tf']:.2f} | {fmt_ratio(ra.get('ours_tf/keras_tf'))} | {ms['timm']:.2f} | "
+            f"{ms['ours_torch']:.2f} | {fmt_ratio(ra['ours_torch/timm'])} | "
+            f"{fmt_ratio(ra['ours_tf/timm'])} |")
+    lines += ["", "## Op counts", "",
+              "`.tflite` operators (float32 and int8); ONNX nodes after onnxruntime's "
+              "graph optimisation.", "", "| model | graph | ops |", "|---|---|---|"]
+    for r in results:
+        kind = "tflite" if r["runtime"] == "litert" else "onnx"
+        for name, counts in r["ops"].items():
+            graph = f"{name} {r['precision']} {'.tflite' if kind == 'tflite' else '.onnx'}"
+            lines.append(f"| {r['model']} | {graph} | {ops_text(counts, kind)} |")
+    lines += ["", "## Outputs against Keras (max abs difference, batch 1)", "",
+              "| model | runtime | precision | files |", "|---|---|---|---|"]
+    for r in results:
+        if r["threads"] == 1 and r["batch"] == 1:
+            text = ", ".join(f"{n} {d:.2g}" for n, d in r["max_abs_diff"].items())
+            lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated keys of benchmarks/common.py MODELS "
+                             f"(default: {','.join(DEFAULT_MODELS)})")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--workdir", default="/tmp/export_latency",
+                        help="where the exported files go (reused with --skip-export)")
+    parser.add_argument("--skip-export", action="store_true")
+    parser.add_argument("--out", help="markdown report (and a .json beside it)")
+    parser.add_argument("--phase", choices=["export-tensorflow", "export-torch"],
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    keys = args.models.split(",")
+    unknown = [k for k in keys if k not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; valid: {', '.join(MODELS)}")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.phase == "export-tensorflow":
+        return export_tensorflow(keys, workdir)
+    if args.phase == "export-torch":
+        return export_torch(keys, workdir)
+    if not args.skip_export:
+        for backend in ("tensorflow", "torch"):
+            env = dict(os.environ, KERAS_BACKEND=backend)
+            subprocess.run([sys.executable, __file__, "--phase", f"export-{backend}",
+                            "--models", args.models, "--workdir", str(workdir)],
+                           env=env, check=True)
+    results = measure(keys, workdir, args.rounds)
+    command = "python benchmarks/export_latency.py " + " ".join(argv or sys.argv[1:])
+    text = render(results, command.strip())
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
