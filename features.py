@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 from keras import ops
+from keras.src.backend import compute_output_spec
 
 from keras_mobilenets.layers import MobileMQA
 from keras_mobilenets.weights.assign import leaf_layers
@@ -106,7 +107,10 @@ def count_macs(model, input_shape=None):
 
         object.__setattr__(layer, method, recording)
     try:
-        model(np.zeros((1,) + shape, "float32"), training=False)
+        # Shapes only: a symbolic pass (no arithmetic, and on JAX no op
+        # compiled per shape as an eager call would).
+        compute_output_spec(
+            lambda x: model(x, training=False), keras.KerasTensor((1,) + shape, "float32"))
     finally:
         for layer, method in patched:
             object.__delattr__(layer, method)

@@ -85,6 +85,14 @@ class _HostDrawn:
         return jax.device_put(value)
 
 
+def on_host(initializer):
+    """`initializer`, drawing on the host on JAX (unchanged elsewhere, or None)."""
+    if initializer is None or keras.backend.backend() != "jax":
+        return initializer
+    initializer = keras.initializers.get(initializer)
+    return initializer if isinstance(initializer, _HostDrawn) else _HostDrawn(initializer)
+
+
 class HostInitialized:
     """Mixin: on JAX, `add_weight` draws the initial value on the host.
 
@@ -93,9 +101,7 @@ class HostInitialized:
     """
 
     def add_weight(self, shape=None, initializer=None, dtype=None, *args, **kwargs):
-        if initializer is not None and keras.backend.backend() == "jax":
-            initializer = _HostDrawn(keras.initializers.get(initializer))
-        return super().add_weight(shape, initializer, dtype, *args, **kwargs)
+        return super().add_weight(shape, on_host(initializer), dtype, *args, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_mobilenets")

@@ -8,7 +8,7 @@
 # instead). Timing, measured with this script on the 2-core machine with
 # nothing else running (2026-12-01, packages already installed): see
 # README's "Run the tests". Set TEST_SERIAL=1 to run the backends one after
-# the other instead.
+# the other instead, TEST_THREADS=0 to leave the libraries' thread counts alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,13 +29,28 @@ ruff check .
 # results to float32 rounding (the tests compare to 1e-4).
 JAX_TEST_XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
+# One thread per backend process: two lanes share two cores, and the thread
+# pools of TensorFlow (Eigen, oneDNN), torch (OpenMP) and XLA spin while they
+# wait, which took CPU time from the other lane (TensorFlow's files ran up to
+# 4x slower beside JAX). Measured on the 2-core machine: test_models.py and
+# test_mobilenet_v3.py on TensorFlow took 125 s with its default threads and
+# 101 s on one thread (torch: 76 and 77 s, 89 and 77 CPU-s).
+THREAD_ENV=(OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
+            TF_NUM_INTEROP_THREADS=1)
+JAX_THREAD_FLAGS="--xla_cpu_multi_thread_eigen=false"
+if [[ "${TEST_THREADS:-1}" != "1" ]]; then
+    THREAD_ENV=()
+    JAX_THREAD_FLAGS=""
+fi
+
 run_backend() {
     echo "=== KERAS_BACKEND=$1 ==="
     local flags="${XLA_FLAGS:-}"
     if [[ "$1" == "jax" ]]; then
-        flags="${flags} ${JAX_TEST_XLA_FLAGS}"
+        flags="${flags} ${JAX_TEST_XLA_FLAGS} ${JAX_THREAD_FLAGS}"
     fi
-    KERAS_BACKEND="$1" XLA_FLAGS="${flags}" python -m pytest -q -p no:cacheprovider "${@:2}"
+    env "${THREAD_ENV[@]}" KERAS_BACKEND="$1" XLA_FLAGS="${flags}" \
+        python -m pytest -q -p no:cacheprovider "${@:2}"
 }
 
 status=0

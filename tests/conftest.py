@@ -24,23 +24,48 @@ from keras import ops
 
 BACKEND = keras.backend.backend()
 
+if BACKEND == "jax":
+    from keras_mobilenets.layers.initializers import on_host
+
+    # Reference models built here (keras.applications, keras-hub) would
+    # compile every initializer once per weight shape on JAX (several seconds
+    # per model); the tests overwrite or calibrate their weights anyway. Ours
+    # draw on the host already (`HostInitialized`); this does the same for
+    # every other Keras layer, in the test process only.
+    _keras_add_weight = keras.layers.Layer.add_weight
+
+    def _add_weight_on_host(self, shape=None, initializer=None, dtype=None, *args, **kwargs):
+        return _keras_add_weight(self, shape, on_host(initializer), dtype, *args, **kwargs)
+
+    keras.layers.Layer.add_weight = _add_weight_on_host
+
 
 def to_numpy(x):
     return ops.convert_to_numpy(x)
 
 
-def infer(model, x):
-    """`model(x, training=False)` as numpy; jit-compiled on JAX.
+def infer(model, x, training=False):
+    """`model(x, training=training)` as numpy; jit-compiled on JAX.
 
     Eager JAX compiles every op of a model on its first call (V3 small at
-    224: ~10 s); `predict_on_batch` compiles the whole forward pass at once
-    (~1 s) and runs it in inference mode all the same. The other backends
-    call the model eagerly, which is what their users do.
+    224: ~10 s); a jitted call compiles the whole forward pass at once (~1 s).
+    The other backends call the model eagerly, which is what their users do.
+    With `training=True` only the outputs are returned: on JAX the updated
+    BatchNorm statistics are dropped, elsewhere the call updates them.
     """
     if BACKEND == "jax" and isinstance(model, keras.Model):
-        out = model.predict_on_batch(x)
-        return {k: np.asarray(v) for k, v in out.items()} if isinstance(out, dict) else np.asarray(out)
-    out = model(x, training=False)
+        if not training:
+            out = model.predict_on_batch(x)
+        else:
+            import jax
+
+            def call(trainable, non_trainable, x):
+                return model.stateless_call(trainable, non_trainable, x, training=True)[0]
+
+            out = jax.jit(call)([v.value for v in model.trainable_variables],
+                                [v.value for v in model.non_trainable_variables], x)
+    else:
+        out = model(x, training=training)
     return {k: to_numpy(v) for k, v in out.items()} if isinstance(out, dict) else to_numpy(out)
 
 

@@ -283,10 +283,8 @@ def test_v5_preset_matches_keras_hub(v5_base):
     # keras-hub's conventions: SAME padding (style "keras"), exact GELU.
     assert model.get_layer("stem").padding == "same"
     assert model.get_layer("msfa").get_config()["activation"] == "gelu"
-    # Eager on every backend: JAX's whole-model compile (`infer`) of these
-    # deep models costs more than running them op by op once.
     x = random_images(1, SIZE, SIZE, seed=5)
-    assert_matches_reference(model(x, training=False), backbone(x, training=False))
+    assert_matches_reference(infer(model, x), infer(backbone, x))
 
 
 def test_v5_preset_refused(v5_base, tmp_path):

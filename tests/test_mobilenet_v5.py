@@ -17,6 +17,7 @@ from conftest import (
     BACKEND,
     assert_matches_reference,
     calibrated_timm_model,
+    infer,
     max_abs_diff,
     random_images,
     timm_forward,
@@ -65,7 +66,7 @@ def test_300m_features_match_timm_encoder(encoder_300m):
     expected = timm_forward(ref, x).transpose(0, 2, 3, 1)
     del ref
     assert np.abs(expected).max() > 0.1
-    assert_matches_reference(encoder_300m(x, training=False), expected)
+    assert_matches_reference(infer(encoder_300m, x), expected)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_base_count_and_logits_match_timm(base_and_timm):
     x = random_images(2, SIZE, SIZE, seed=11)
     expected = timm_forward(ref, x)
     assert expected.shape == (2, 1000) and np.abs(expected).max() > 0.1
-    assert_matches_reference(ours(x, training=False), expected)
+    assert_matches_reference(infer(ours, x), expected)
 
 
 def test_keras_file_round_trip(tmp_keras_path):
@@ -99,7 +100,7 @@ def test_keras_file_round_trip(tmp_keras_path):
     model.save(tmp_keras_path)
     reloaded = keras.models.load_model(tmp_keras_path)
     x = random_images(2, 32, 32, seed=2)
-    assert max_abs_diff(model(x, training=False), reloaded(x, training=False)) == 0.0
+    assert max_abs_diff(infer(model, x), infer(reloaded, x)) == 0.0
     assert reloaded.get_layer("stem").get_config()["norm"] == "rms"
     assert reloaded.get_layer("msfa").ffn.norm_type == "rms"
 

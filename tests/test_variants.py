@@ -12,7 +12,13 @@ import re
 
 import numpy as np
 import pytest
-from conftest import assert_matches_reference, calibrated_timm_model, random_images, timm_forward
+from conftest import (
+    assert_matches_reference,
+    calibrated_timm_model,
+    infer,
+    random_images,
+    timm_forward,
+)
 
 from keras_mobilenets import (
     create_mobilenetv1,
@@ -67,7 +73,7 @@ def test_logits_match_timm(timm_name):
     x = random_images(2, SIZE, SIZE, seed=11)
     expected = timm_forward(ref, x)
     assert np.abs(expected).max() > 0.1
-    assert_matches_reference(ours(x, training=False), expected)
+    assert_matches_reference(infer(ours, x), expected)
 
 
 @pytest.mark.parametrize("repeats", [[1], [3], [1, 1, 2], [2, 1], [1, 3, 1, 4]])
