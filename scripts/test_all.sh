@@ -3,9 +3,8 @@
 # the whole suite once per Keras backend (TensorFlow, JAX, PyTorch).
 # Usage: bash scripts/test_all.sh [extra pytest args]
 #
-# JAX runs beside TensorFlow and then torch, which keeps both cores of a
-# small CI machine busy (files named in JAX_LANE2_FILES run after torch
-# instead). Timing, measured with this script on the 2-core machine with
+# TensorFlow runs beside JAX and then torch, which keeps both cores of a
+# small CI machine busy. Timing, measured with this script on the 2-core machine with
 # nothing else running (2026-12-01, packages already installed): see
 # README's "Run the tests". Set TEST_SERIAL=1 to run the backends one after
 # the other instead, TEST_THREADS=0 to leave the libraries' thread counts alone.
@@ -61,31 +60,24 @@ if [[ "${TEST_SERIAL:-0}" == "1" ]]; then
     exit "${status}"
 fi
 
-# Two lanes, one per core. Lane 1: JAX (all files but JAX_LANE2_FILES).
-# Lane 2: TensorFlow, torch, then JAX on JAX_LANE2_FILES (none by default:
-# with the host-side weight initialisation JAX is no longer the long lane). With
-# extra pytest arguments (a selection of tests), JAX runs whole in lane 1.
-jax_lane2=(${JAX_LANE2_FILES:-})
-jax_lane1=()
-if [[ $# -gt 0 ]]; then
-    jax_lane2=()
-else
-    for file in "${jax_lane2[@]}"; do
-        jax_lane1+=("--ignore=${file}")
-    done
-fi
-
+# Two lanes, one per core: TensorFlow here, JAX then torch in the background
+# (measured with this split, see README's "Run the tests"; TF_LANE and
+# OTHER_LANE change it).
+tf_lane=(${TF_LANE:-tensorflow})
+other_lane=(${OTHER_LANE:-jax torch})
 logs="$(mktemp -d)"
-run_backend jax "${jax_lane1[@]}" "$@" > "${logs}/jax.log" 2>&1 &
-jax_pid=$!
-for backend in tensorflow torch; do
+(
+    lane_status=0
+    for backend in "${other_lane[@]}"; do
+        run_backend "${backend}" "$@" || lane_status=1
+    done
+    exit "${lane_status}"
+) > "${logs}/other_lane.log" 2>&1 &
+other_pid=$!
+for backend in "${tf_lane[@]}"; do
     run_backend "${backend}" "$@" || status=1
 done
-if [[ ${#jax_lane2[@]} -gt 0 ]]; then
-    run_backend jax "${jax_lane2[@]}" || status=1
-fi
-wait "${jax_pid}" || status=1
-echo "=== KERAS_BACKEND=jax (lane 1) ==="
-cat "${logs}/jax.log"
+wait "${other_pid}" || status=1
+cat "${logs}/other_lane.log"
 rm -rf "${logs}"
 exit "${status}"
