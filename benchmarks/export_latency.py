@@ -94,9 +94,12 @@ def export_tensorflow(keys, workdir):
             outputs[name] = keras.ops.convert_to_numpy(model(x, training=False))
             stem = workdir / f"{key}.{name}"
             log(f"export {key} {name}")
-            export_model(model, "litert", str(stem) + ".tflite", None)
-            export_model(model, "litert_int8", str(stem) + ".int8.tflite", representative)
-            export_model(model, "onnx", str(stem) + ".onnx", representative)
+            for fmt, suffix in (("litert", ".tflite"), ("litert_int8", ".int8.tflite"),
+                                ("onnx", ".onnx")):
+                try:
+                    export_model(model, fmt, str(stem) + suffix, representative)
+                except Exception as exc:  # reported, not fatal: the other files still count
+                    log(f"export {key} {name} {fmt} failed: {type(exc).__name__}: {exc}")
         np.savez(workdir / f"{key}.tensorflow.npz", x=x, **outputs)
 
 
@@ -124,8 +127,8 @@ def export_torch(keys, workdir):
                 str(workdir / f"{key}.timm.onnx"), input_names=["input"],
                 output_names=["logits"], dynamic_axes={"input": {0: "batch"}},
                 dynamo=False)
+        got = keras.ops.convert_to_numpy(ours(x, training=False))  # Keras exports called models
         ours.export(str(workdir / f"{key}.ours_torch.onnx"), format="onnx", verbose=False)
-        got = keras.ops.convert_to_numpy(ours(x, training=False))
         np.savez(workdir / f"{key}.torch.npz", x=x, timm=expected, ours_torch=got)
         os.remove(checkpoint)
 
@@ -260,6 +263,9 @@ def measure(keys, workdir, rounds):
         for precision, suffix in (("float32", ".tflite"), ("int8", ".int8.tflite")):
             files = {"keras_tf": workdir / f"{key}.keras_tf{suffix}"} if has_keras else {}
             files["ours_tf"] = workdir / f"{key}.ours_tf{suffix}"
+            files = {n: p for n, p in files.items() if p.exists()}
+            if "ours_tf" not in files:
+                continue
             for threads in (1, 2):
                 x = tf_out["x"]
                 runners = {name: litert_runner(path, threads, x.shape) for name, path in files.items()}
@@ -271,12 +277,13 @@ def measure(keys, workdir, rounds):
                     runtime="litert", model=key, precision=precision, threads=threads, batch=1,
                     ms={n: statistics.median(v) for n, v in per_call.items()},
                     ratios={"ours_tf/keras_tf": ratio(per_call, "ours_tf", "keras_tf")}
-                    if has_keras else {},
+                    if "keras_tf" in files else {},
                     max_abs_diff=diffs,
                     ops={n: tflite_ops(p) for n, p in files.items()} if threads == 1 else {}))
         files = {"keras_tf": workdir / f"{key}.keras_tf.onnx"} if has_keras else {}
         files.update(ours_tf=workdir / f"{key}.ours_tf.onnx", timm=workdir / f"{key}.timm.onnx",
                      ours_torch=workdir / f"{key}.ours_torch.onnx")
+        files = {n: p for n, p in files.items() if p.exists()}
         expected = {"keras_tf": tf_out.get("keras_tf"), "ours_tf": tf_out["ours_tf"],
                     "timm": torch_out["timm"], "ours_torch": torch_out["ours_torch"]}
         for batch in (1, 32):
@@ -290,10 +297,11 @@ def measure(keys, workdir, rounds):
                                      - expected[n]).max()) for n, run in runners.items()}
             log(f"onnx {key} batch {batch}")
             per_call = time_files(runners, x, rounds)
-            ratios = {"ours_torch/timm": ratio(per_call, "ours_torch", "timm"),
-                      "ours_tf/timm": ratio(per_call, "ours_tf", "timm")}
-            if has_keras:
-                ratios["ours_tf/keras_tf"] = ratio(per_call, "ours_tf", "keras_tf")
+            pairs = {"ours_torch/timm": ("ours_torch", "timm"),
+                     "ours_tf/timm": ("ours_tf", "timm"),
+                     "ours_tf/keras_tf": ("ours_tf", "keras_tf")}
+            ratios = {k: ratio(per_call, a, b) for k, (a, b) in pairs.items()
+                      if a in per_call and b in per_call}
             results.append(dict(
                 runtime="onnx", model=key, precision="float32", threads=1, batch=batch,
                 ms={n: statistics.median(v) for n, v in per_call.items()}, ratios=ratios,
@@ -310,6 +318,7 @@ def fmt_ratio(r):
 
 
 def render(results, command):
+    nan = float("nan")
     lines = ["# Exported-model latency", "", f"Command: `{command}`", "",
              "Median milliseconds per call; ratios are medians of per-round ratios "
              "(min-max across rounds), < 1 means ours is faster.", "",
@@ -329,9 +338,9 @@ def render(results, command):
         ms, ra = r["ms"], r["ratios"]
         lines.append(
             f"| {r['model']} | {r['batch']} | {ms.get('keras_tf', float('nan')):.2f} | "
-            f"{ms['ours_tf']:.2f} | {fmt_ratio(ra.get('ours_tf/keras_tf'))} | {ms['timm']:.2f} | "
-            f"{ms['ours_torch']:.2f} | {fmt_ratio(ra['ours_torch/timm'])} | "
-            f"{fmt_ratio(ra['ours_tf/timm'])} |")
+            f"{ms.get('ours_tf', nan):.2f} | {fmt_ratio(ra.get('ours_tf/keras_tf'))} | "
+            f"{ms.get('timm', nan):.2f} | {ms.get('ours_torch', nan):.2f} | "
+            f"{fmt_ratio(ra.get('ours_torch/timm'))} | {fmt_ratio(ra.get('ours_tf/timm'))} |")
     lines += ["", "## Op counts", "",
               "`.tflite` operators (float32 and int8); ONNX nodes after onnxruntime's "
               "graph optimisation.", "", "| model | graph | ops |", "|---|---|---|"]
