@@ -28,12 +28,11 @@ ruff check .
 # results to float32 rounding (the tests compare to 1e-4).
 JAX_TEST_XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
-# One thread per backend process: two lanes share two cores, and the thread
-# pools of TensorFlow (Eigen, oneDNN), torch (OpenMP) and XLA spin while they
-# wait, which took CPU time from the other lane (TensorFlow's files ran up to
-# 4x slower beside JAX). Measured on the 2-core machine: test_models.py and
-# test_mobilenet_v3.py on TensorFlow took 125 s with its default threads and
-# 101 s on one thread (torch: 76 and 77 s, 89 and 77 CPU-s).
+# One thread per backend process: two lanes share two cores, and each
+# library's thread pool would otherwise compete with the other lane's.
+# Measured alone on the 2-core machine: test_models.py and test_mobilenet_v3.py
+# on TensorFlow took 125 s with its default threads and 101 s on one thread
+# (torch: 76 and 77 s, 89 and 77 CPU-s).
 THREAD_ENV=(OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
             TF_NUM_INTEROP_THREADS=1)
 JAX_THREAD_FLAGS="--xla_cpu_multi_thread_eigen=false"
