@@ -86,9 +86,14 @@ def preprocessing_layer(checkpoint=None, default_mean=(0.5,) * 3, default_std=(0
     checkpoint's mean/std when it has them (a file path has none)."""
     mean = getattr(checkpoint, "mean", default_mean)
     std = getattr(checkpoint, "std", default_std)
+    scale = [1.0 / (255.0 * s) for s in std]
+    offset = [-m / s for m, s in zip(mean, std)]
+    # Equal channels become scalars: a 3-vector broadcast over the image runs
+    # as one short row per pixel in XNNPACK, which made the two ops of V3
+    # small's rescaling cost 0.39 ms of its 1.39 ms in LiteRT (1 thread).
     return quantization.Rescaling(
-        scale=[1.0 / (255.0 * s) for s in std],
-        offset=[-m / s for m, s in zip(mean, std)],
+        scale=scale[0] if len(set(scale)) == 1 else scale,
+        offset=offset[0] if len(set(offset)) == 1 else offset,
         name="rescaling",
     )
 
