@@ -80,7 +80,10 @@ def mixed_float16():
     keras.config.set_dtype_policy(old)
 
 
-@pytest.mark.parametrize("version", list(SMALL))
+# V3 and V4 only: their blocks contain every layer type of V1 and V2
+# (convolutions, depthwise, BatchNorm, ReLU6, residual adds), and a fit costs
+# 13-21 s of compiling per model on TensorFlow and JAX.
+@pytest.mark.parametrize("version", ["v3", "v4"])
 def test_mixed_float16_training_stays_finite(version, mixed_float16):
     model = SMALL[version](num_classes=5)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
