@@ -24,6 +24,8 @@ ROOT = Path(keras_mobilenets.__file__).parent
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="backend-independent (import resolution); "
+                    "run once, on torch (a fresh process: 8-14 s of CPU per backend)")
 def test_user_layers_and_weights_modules_do_not_shadow_ours(tmp_path):
     # ML projects often have their own layers.py / weights.py next to the script.
     for name in ("layers", "weights"):

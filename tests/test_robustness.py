@@ -53,7 +53,9 @@ def test_factory_rejects_bad_weight_file(version, case, bad_files):
         SMALL[version](weights=path)
 
 
-@pytest.mark.parametrize("version", list(SMALL))
+# One loader (`load_file`) serves every version; V3 and V4 have the most kinds
+# of weights. Every factory's refusals are in the test above.
+@pytest.mark.parametrize("version", ["v3", "v4"])
 def test_wrong_architecture_file_is_refused_and_model_unchanged(version, tmp_path):
     path = str(tmp_path / "other.weights.h5")
     OTHER[version]().save_weights(path)
