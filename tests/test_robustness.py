@@ -82,10 +82,14 @@ def mixed_float16():
     keras.config.set_dtype_policy(old)
 
 
-# V3 and V4 only: their blocks contain every layer type of V1 and V2
-# (convolutions, depthwise, BatchNorm, ReLU6, residual adds), and a fit costs
-# 13-21 s of compiling per model on TensorFlow and JAX.
-@pytest.mark.parametrize("version", ["v3", "v4"])
+# V3 and V4: their blocks contain every layer type of V1 and V2 (convolutions,
+# depthwise, BatchNorm, ReLU6, residual adds). A fit costs 13-23 s of
+# compiling per model on TensorFlow and JAX, so those two split the pair
+# (the loss scaling under test is per backend); torch fits both.
+MIXED_FLOAT16_FITS = {"tensorflow": ["v3"], "jax": ["v4"], "torch": ["v3", "v4"]}
+
+
+@pytest.mark.parametrize("version", MIXED_FLOAT16_FITS[keras.backend.backend()])
 def test_mixed_float16_training_stays_finite(version, mixed_float16):
     model = SMALL[version](num_classes=5)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
@@ -101,7 +105,7 @@ def test_mixed_float16_training_stays_finite(version, mixed_float16):
         assert np.all(np.isfinite(to_numpy(w))), w.path
 
 
-@pytest.mark.parametrize("version", list(SMALL))
+@pytest.mark.parametrize("version", ["v3", "v4"])  # every initializer of V1 and V2 too
 def test_same_seed_same_weights(version):
     def build(seed):
         keras.utils.set_random_seed(seed)
