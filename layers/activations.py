@@ -3,13 +3,14 @@
 import keras
 from keras import ops
 
+from .fast_call import FastCall
 from .quantization import NothingToQuantize, ReLU
 
 _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class HardSigmoid(NothingToQuantize, keras.layers.Layer):
+class HardSigmoid(FastCall, NothingToQuantize, keras.layers.Layer):
     """Hard sigmoid, `ReLU6(x + 3) / 6`, as in MobileNetV3.
 
     This is the exact piecewise-linear form used by keras.applications and
@@ -29,7 +30,7 @@ class HardSigmoid(NothingToQuantize, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class HardSwish(NothingToQuantize, keras.layers.Layer):
+class HardSwish(FastCall, NothingToQuantize, keras.layers.Layer):
     """Hard swish, `x * ReLU6(x + 3) / 6`, as in MobileNetV3.
 
     Computed by `ops.hard_silu`: on torch and JAX one fused kernel forward
@@ -67,7 +68,7 @@ def _gelu_keeping_input(x):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class GELU(NothingToQuantize, keras.layers.Layer):
+class GELU(FastCall, NothingToQuantize, keras.layers.Layer):
     """Exact (erf) GELU, as timm and the MobileNetV4 reference use.
 
     The forward is `ops.gelu(x, approximate=False)`. For training it keeps

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from .fast_call import FastCall
 from .quantization import AveragePooling2D, NothingToQuantize
 
 _PACKAGE = "keras_mobilenets"
@@ -11,7 +12,7 @@ ANTI_ALIAS = (None, "avg", "blur")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BlurPool(NothingToQuantize, keras.layers.Layer):
+class BlurPool(FastCall, NothingToQuantize, keras.layers.Layer):
     """Blur with a fixed 3x3 binomial filter, then subsample by 2.
 
     timm's `BlurPool2d(filt_size=3, pad_mode="constant")` ("blurpc"): zero

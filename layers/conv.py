@@ -2,6 +2,7 @@
 
 import keras
 
+from .fast_call import FastCall
 from .initializers import HostInitialized
 from .quantization import Int8Kernel
 from .utils import conv_nhwc
@@ -10,7 +11,7 @@ _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Conv(HostInitialized, Int8Kernel, keras.layers.Conv2D):
+class Conv(FastCall, HostInitialized, Int8Kernel, keras.layers.Conv2D):
     """`keras.layers.Conv2D` (channels-last) computed through `conv_nhwc`.
 
     On the PyTorch backend this skips the NHWC -> NCHW -> channels-last copies

@@ -7,6 +7,7 @@ from .activations import get_activation
 from .anti_alias import anti_alias_layer, check_anti_alias
 from .conv import Conv
 from .depthwise_conv import DepthwiseConv
+from .fast_call import FastCall
 from .normalization import check_norm, get_norm
 from .utils import check_padding, declare, symmetric_pad
 
@@ -14,7 +15,7 @@ _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ConvBnAct(keras.layers.Layer):
+class ConvBnAct(FastCall, keras.layers.Layer):
     """A full or depthwise convolution followed by BatchNorm and an activation.
 
     In inference (and in a frozen BatchNorm, which also uses its moving

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from .fast_call import FastCall
 from .initializers import HostInitialized
 from .quantization import Int8Kernel
 from .utils import conv_nhwc
@@ -96,7 +97,7 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DepthwiseConv(HostInitialized, Int8Kernel, keras.layers.DepthwiseConv2D):
+class DepthwiseConv(FastCall, HostInitialized, Int8Kernel, keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` with a choice of how it is computed.
 
     XLA's CPU backend runs grouped convolutions (what depthwise convs lower

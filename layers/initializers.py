@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from keras.src.initializers.random_initializers import compute_fans
 
+from .fast_call import FastCall
+
 _HOST_DTYPES = ("float16", "float32", "float64")
 _INT_DTYPES = ("int8", "uint8", "int16", "int32", "int64", "bool")
 
@@ -105,7 +107,7 @@ class HostInitialized:
 
 
 @keras.saving.register_keras_serializable(package="keras_mobilenets")
-class Dense(HostInitialized, keras.layers.Dense):
+class Dense(FastCall, HostInitialized, keras.layers.Dense):
     """`keras.layers.Dense` whose weights start on the host on JAX (the heads)."""
 
     def quantize(self, mode=None, type_check=True, config=None):

@@ -2,6 +2,7 @@
 
 import keras
 
+from .fast_call import FastCall
 from .initializers import HostInitialized
 from .quantization import NothingToQuantize
 
@@ -9,7 +10,7 @@ _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class LayerScale(HostInitialized, NothingToQuantize, keras.layers.Layer):
+class LayerScale(FastCall, HostInitialized, NothingToQuantize, keras.layers.Layer):
     """Multiply each channel by a learnable `gamma`, initialised to `init_value`.
 
     Args:

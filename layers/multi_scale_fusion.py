@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from .fast_call import FastCall
 from .normalization import check_norm, get_norm
 from .universal_inverted_bottleneck import UniversalInvertedBottleneck
 from .utils import check_padding, declare
@@ -38,7 +39,7 @@ def _resize_nearest(x, height, width):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class MultiScaleFusionAdapter(keras.layers.Layer):
+class MultiScaleFusionAdapter(FastCall, keras.layers.Layer):
     """Fuse feature maps of several strides into one map (timm's MSFA).
 
     The inputs (a list, finest first) are resized to the first one's size by

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from .fast_call import FastCall
 from .initializers import HostInitialized
 from .quantization import BatchNormalization, NothingToQuantize
 
@@ -11,7 +12,7 @@ NORMS = ("batch", "rms")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class RMSNorm2D(HostInitialized, NothingToQuantize, keras.layers.Layer):
+class RMSNorm2D(FastCall, HostInitialized, NothingToQuantize, keras.layers.Layer):
     """Root-mean-square normalisation of each pixel over its channels.
 
     `y = x / sqrt(mean_c(x^2) + epsilon) * gamma`: no mean subtraction, no

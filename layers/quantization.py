@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from .fast_call import FastCall
 from .initializers import HostInitialized
 
 _PACKAGE = "keras_mobilenets"
@@ -148,7 +149,7 @@ class NothingToQuantize:
 def _with_nothing_to_quantize(base):
     cls = type(
         base.__name__,
-        (HostInitialized, NothingToQuantize, base),
+        (FastCall, HostInitialized, NothingToQuantize, base),
         {
             "__module__": __name__,
             "__doc__": f"`keras.layers.{base.__name__}` whose `quantize()` is a no-op "

@@ -3,6 +3,7 @@
 import keras
 
 from .conv_bn_act import ConvBnAct
+from .fast_call import FastCall
 from .layer_scale import LayerScale
 from .normalization import check_norm
 from .squeeze_excite import SqueezeExcite
@@ -10,7 +11,7 @@ from .stochastic_depth import StochasticDepth
 from .utils import check_padding, declare, make_divisible
 
 
-class ResidualBlock(keras.layers.Layer):
+class ResidualBlock(FastCall, keras.layers.Layer):
     """Base class of the MobileNet blocks (not used on its own).
 
     Holds the settings every block shares and applies the optional layer

@@ -5,6 +5,7 @@ from keras import ops
 
 from .activations import HardSigmoid, get_activation
 from .conv import Conv
+from .fast_call import FastCall
 from .quantization import Activation
 from .utils import declare
 
@@ -13,7 +14,7 @@ GATES = ("hard_sigmoid", "sigmoid")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SqueezeExcite(keras.layers.Layer):
+class SqueezeExcite(FastCall, keras.layers.Layer):
     """Squeeze-and-excitation: global mean -> 1x1 reduce -> act -> 1x1 expand -> gate.
 
     Both 1x1 convolutions have a bias, as in keras.applications and timm.

@@ -3,13 +3,14 @@
 import keras
 from keras import ops
 
+from .fast_call import FastCall
 from .quantization import NothingToQuantize
 
 _PACKAGE = "keras_mobilenets"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class StochasticDepth(NothingToQuantize, keras.layers.Layer):
+class StochasticDepth(FastCall, NothingToQuantize, keras.layers.Layer):
     """Drop a whole residual branch per sample with probability `rate` in training.
 
     Kept samples are scaled by `1 / (1 - rate)`, so inference is the identity.
