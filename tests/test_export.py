@@ -16,7 +16,7 @@ supports it (`EXPORT_FORMATS`); only the runtimes are optional.
 About the weights. The obvious recipe, random BatchNorm moving statistics
 (mean random, variance in [0.5, 1.5]) on the random initialisation, makes
 the logits *independent of the input* (their spread across images is < 1e-4 of their size on all six
-models): the activations shrink layer after layer until only the BatchNorm
+models tried): the activations shrink layer after layer until only the BatchNorm
 offsets are left, so a converter that broke the early layers would still
 pass. `prepare_model` instead gives every BatchNorm random gamma/beta
 (gamma in [0.5, 1.5], beta ~ N(0, 0.2)), sets the moving statistics from
@@ -45,7 +45,6 @@ from conftest import BACKEND, max_abs_diff, to_numpy
 from keras_mobilenets.train_report import depthwise_as_conv
 from keras_mobilenets.weights.assign import leaf_layers
 from mobilenet_v1 import create_mobilenetv1
-from mobilenet_v2 import create_mobilenetv2
 from mobilenet_v3 import create_mobilenetv3
 from mobilenet_v4 import create_mobilenetv4
 
@@ -65,8 +64,6 @@ MIN_SPREAD = 50 * FLOAT_TOL
 # layer, so it takes [0, 255] pixels; the others take [-1, 1].
 MODELS = {
     "v1_1.0": (create_mobilenetv1, "1.0", 1.0),
-    "v2_1.0": (create_mobilenetv2, "1.0", 1.0),
-    "v3_large": (create_mobilenetv3, "large", 255.0),
     "v3_small": (create_mobilenetv3, "small", 255.0),
     "v4_conv_small": (create_mobilenetv4, "conv_small", 1.0),
     "v4_hybrid_medium": (create_mobilenetv4, "hybrid_medium", 1.0),
@@ -93,19 +90,18 @@ EXPORT_FORMATS = {
 EXTENSIONS = {"litert": ".tflite", "tf_saved_model": "", "onnx": ".onnx"}
 
 
-# LiteRT (the on-device format) and ONNX from TensorFlow and torch convert all
-# six models. The other routes convert a subset that still covers every block
-# type (plain and depthwise convolutions, SE and hard-swish, UIB, attention):
-# their converters cost 4-19 s per model here (jax2onnx, SavedModel).
-SUBSETS = {
-    ("jax", "onnx"): ("v1_1.0", "v3_small", "v4_conv_small", "v4_hybrid_medium"),
-    ("tensorflow", "tf_saved_model"): ("v1_1.0", "v3_small", "v4_conv_small", "v4_hybrid_medium"),
-}
+# Each route converts models that together hold every block type (plain and
+# depthwise convolutions, inverted residuals, SE and hard-swish, UIB,
+# attention): a conversion costs 4-25 s per model here. V2 and V3 large add no
+# op of their own; benchmarks/export_latency.py exports and checks all seven.
+EXPORTED = tuple(MODELS)
+# jax2onnx is the slowest converter (15-21 s per model): the two richest.
+SUBSETS = {("jax", "onnx"): ("v3_small", "v4_hybrid_medium")}
 
 
 def export_cases():
     for fmt in EXPORT_FORMATS:
-        for name in SUBSETS.get((BACKEND, fmt), MODELS):
+        for name in SUBSETS.get((BACKEND, fmt), EXPORTED):
             yield pytest.param(name, fmt, id=f"{BACKEND}-{fmt}-{name}")
 
 
@@ -271,7 +267,7 @@ def test_export_matches_keras(name, fmt, artifacts, record_property):
 
 if "litert" in EXPORT_FORMATS:
 
-    @pytest.mark.parametrize("name", list(MODELS))
+    @pytest.mark.parametrize("name", EXPORTED)
     def test_float_litert_has_builtin_ops_only(name, artifacts):
         resolved, _ = assert_builtin_only(artifacts(name, "litert"))
         print(f"\nfloat LiteRT {name}: {resolved}")
@@ -371,7 +367,8 @@ if BACKEND == "tensorflow":
         )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        result = module.main(["--model", name, "--epochs", "3", "--out", str(tmp_path)])
+        result = module.main(["--model", name, "--epochs", "3", "--calibration-images", "64",
+                              "--out", str(tmp_path)])
         assert result["validation_images"] == 360
         assert result["float_accuracy"] >= DIGITS_MIN_ACCURACY
         assert result["int8_accuracy"] >= DIGITS_MIN_ACCURACY
