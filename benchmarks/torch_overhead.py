@@ -49,6 +49,56 @@ def make_runners(ours, ref, x_ours, keras_call, fast_call):
     return runners
 
 
+def train_rows(key, ours, ref, args, fast_call):
+    """Per-round ms of one training step, ours (and via Keras' __call__) against timm."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (args.train_batch, 224, 224, 3)).astype("float32")
+    y = rng.integers(0, 1000, args.train_batch)
+    ours.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    ref.train()
+    optimizer = torch.optim.SGD(ref.parameters(), lr=0.01)
+    x_timm = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    y_timm = torch.from_numpy(y)
+
+    def timm_step():
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(ref(x_timm), y_timm).backward()
+        optimizer.step()
+
+    def keras_step():
+        fast_call._TORCH = False
+        try:
+            ours.train_on_batch(x, y)
+        finally:
+            fast_call._TORCH = True
+
+    runners = {"timm": timm_step, "ours": lambda: ours.train_on_batch(x, y)}
+    if args.keras_call:
+        runners["ours, Keras __call__"] = keras_step
+    times = {name: [] for name in runners}
+    for run in runners.values():
+        run(), run()
+    for r in range(args.rounds):
+        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+            times[name].append(block_ms(runners[name], 1))
+    ref.eval()
+    rows = []
+    for name in runners:
+        if name == "timm":
+            continue
+        ratios = [a / b for a, b in zip(times[name], times["timm"])]
+        rows.append((key, f"train {args.train_batch}", name, statistics.median(times[name]),
+                     statistics.median(times["timm"]), statistics.median(ratios),
+                     min(ratios), max(ratios)))
+        print(f"{key} train b{args.train_batch} {name}: {rows[-1][3]:.1f} ms, timm "
+              f"{rows[-1][4]:.1f} ms, ratio {rows[-1][5]:.2f} ({rows[-1][6]:.2f}-{rows[-1][7]:.2f})",
+              flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -56,6 +106,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--keras-call", action="store_true")
+    parser.add_argument("--train-batch", type=int, default=0,
+                        help="also time one training step at this batch (SGD, cross-entropy): "
+                        "ours through `train_on_batch`, timm forward + backward + step")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -91,6 +144,8 @@ def main(argv=None):
                              min(ratios), max(ratios)))
                 print(f"{key} b{batch} {name}: {rows[-1][3]:.2f} ms, timm {rows[-1][4]:.2f} ms, "
                       f"ratio {rows[-1][5]:.2f} ({rows[-1][6]:.2f}-{rows[-1][7]:.2f})", flush=True)
+        if args.train_batch:
+            rows.extend(train_rows(key, ours, ref, args, fast_call))
     lines = [
         "# torch backend against timm eager (inference)", "",
         f"Command: `python benchmarks/torch_overhead.py {' '.join(argv or sys.argv[1:])}`", "",
