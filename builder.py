@@ -88,9 +88,9 @@ def preprocessing_layer(checkpoint=None, default_mean=(0.5,) * 3, default_std=(0
     std = getattr(checkpoint, "std", default_std)
     scale = [1.0 / (255.0 * s) for s in std]
     offset = [-m / s for m, s in zip(mean, std)]
-    # Equal channels become scalars: a 3-vector broadcast over the image runs
-    # as one short row per pixel in XNNPACK, which made the two ops of V3
-    # small's rescaling cost 0.39 ms of its 1.39 ms in LiteRT (1 thread).
+    # Equal channels become scalars: LiteRT's XNNPACK runs a 3-vector
+    # broadcast over the image as one short row per pixel, which made this
+    # layer a large share of V3 small's exported latency (benchmarks/README.md).
     return quantization.Rescaling(
         scale=scale[0] if len(set(scale)) == 1 else scale,
         offset=offset[0] if len(set(offset)) == 1 else offset,

@@ -4,9 +4,8 @@ On TensorFlow and JAX a model runs as one traced graph, so Keras' per-layer
 `__call__` work (input conversion, call-spec binding, name and autocast
 scopes, training resolution, masks) costs only tracing time. PyTorch runs
 eagerly: that work repeats for each of the ~120 layer calls of a forward
-pass and was most of a batch-1 call (V3 small on one thread: 17.3 ms a call
-through Keras' `__call__`, 9.2 ms calling `call` directly, against timm's
-4.4 ms).
+pass, and at small batches it outweighs the convolutions themselves
+(`benchmarks/torch_overhead.py --keras-call` measures both paths).
 
 `FastCall.__call__` calls `call` directly when skipping `__call__` changes
 nothing: torch backend, layer built, first argument a float32 torch tensor,
