@@ -90,18 +90,17 @@ EXPORT_FORMATS = {
 EXTENSIONS = {"litert": ".tflite", "tf_saved_model": "", "onnx": ".onnx"}
 
 
-# Each route converts models that together hold every block type (plain and
-# depthwise convolutions, inverted residuals, SE and hard-swish, UIB,
+# Each route converts the MODELS, which together hold every block type (plain
+# and depthwise convolutions, inverted residuals, SE and hard-swish, UIB,
 # attention): a conversion costs 4-25 s per model here. V2 and V3 large add no
 # op of their own; benchmarks/export_latency.py exports and checks all seven.
-EXPORTED = tuple(MODELS)
 # jax2onnx is the slowest converter (15-21 s per model): the two richest.
 SUBSETS = {("jax", "onnx"): ("v3_small", "v4_hybrid_medium")}
 
 
 def export_cases():
     for fmt in EXPORT_FORMATS:
-        for name in SUBSETS.get((BACKEND, fmt), EXPORTED):
+        for name in SUBSETS.get((BACKEND, fmt), MODELS):
             yield pytest.param(name, fmt, id=f"{BACKEND}-{fmt}-{name}")
 
 
@@ -197,21 +196,30 @@ def run_saved_model(path, x):
 RUNTIMES = {"litert": run_litert, "onnx": run_onnx, "tf_saved_model": run_saved_model}
 
 
+def read_tflite(path):
+    """The flatbuffer model of a .tflite file, and `op_name(operator code)`."""
+    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(f.read(), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+    def op_name(code):
+        return names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+
+    return model, op_name
+
+
 def litert_ops(path):
     """`[(op name, custom code)]` of every operator code in a .tflite flatbuffer,
     plus the op names the interpreter resolves (without default delegates,
     which would show up as DELEGATE)."""
-    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
     interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
-    with open(path, "rb") as f:
-        model = schema.Model.GetRootAs(f.read(), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model, op_name = read_tflite(path)
     codes = []
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
         custom = code.CustomCode()
-        codes.append((names[builtin], custom.decode() if custom else None))
+        codes.append((op_name(code), custom.decode() if custom else None))
     interpreter = interpreter_lib.Interpreter(
         model_path=path,
         experimental_op_resolver_type=interpreter_lib.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
@@ -223,16 +231,12 @@ def litert_ops(path):
 
 def first_ops_constant_shapes(path, op_names):
     """Shapes of the constant inputs of the first operator of each name."""
-    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
-    with open(path, "rb") as f:
-        model = schema.Model.GetRootAs(f.read(), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model, op_name = read_tflite(path)
     graph = model.Subgraphs(0)
     found = {}
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        name = names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+        name = op_name(model.OperatorCodes(op.OpcodeIndex()))
         if name in op_names and name not in found:
             tensors = [graph.Tensors(t) for t in op.InputsAsNumpy() if t >= 0]
             found[name] = [tuple(t.ShapeAsNumpy().tolist()) if t.ShapeLength() else ()
@@ -267,7 +271,7 @@ def test_export_matches_keras(name, fmt, artifacts, record_property):
 
 if "litert" in EXPORT_FORMATS:
 
-    @pytest.mark.parametrize("name", EXPORTED)
+    @pytest.mark.parametrize("name", list(MODELS))
     def test_float_litert_has_builtin_ops_only(name, artifacts):
         resolved, _ = assert_builtin_only(artifacts(name, "litert"))
         print(f"\nfloat LiteRT {name}: {resolved}")
