@@ -63,10 +63,13 @@ def resumed_run(tmp_path_factory):
     resumed by the same command (in this process)."""
     tmp = tmp_path_factory.mktemp("train")
     data = make_images(tmp / "data")
+    # A separate validation folder: every DATA_DIR image trains (the split
+    # without one is `train.split`, tested below).
+    val = make_images(tmp / "val", per_class=3, seed=1)
     out = str(tmp / "run")
     # jax2onnx adds ~15 s; tests/test_export.py covers ONNX from JAX.
     export = ["--export", "keras_int8"] + (["onnx"] if BACKEND != "jax" else [])
-    args = run_args(data, out, *export)
+    args = run_args(data, out, "--val-dir", val, *export)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=BACKEND)
     log = open(tmp / "killed.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "keras_mobilenets.train", *args],
@@ -116,7 +119,9 @@ def test_report_curves_confusion_and_export(resumed_run):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert not [n for n in os.listdir(out) if "partial" in n]
     report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
-    assert "| blue | 2 |" in report and "| red | 2 |" in report
+    # All 24 DATA_DIR images train; the 6 --val-dir images validate.
+    assert "24 training and 6 validation images" in report
+    assert "| blue | 3 |" in report and "| red | 3 |" in report
     assert "(resumed)" in report
     assert "## Exported models" in report
     exports = {e["format"]: e for e in resumed_run["result"]["exports"]}
@@ -124,7 +129,7 @@ def test_report_curves_confusion_and_export(resumed_run):
     for fmt, e in exports.items():
         assert os.path.getsize(os.path.join(out, e["file"])) == e["bytes"] > 0
         assert f"| {fmt} | {e['file']} |" in report
-        assert e["agreement"] >= 0.75, fmt  # decides as Keras does (4 images)
+        assert e["agreement"] >= 0.75, fmt  # decides as Keras does (6 images)
     assert resumed_run["result"]["quantize_warnings"] == []
     # int8 weights: the file is well under the float model's.
     assert exports["keras_int8"]["bytes"] < 0.5 * os.path.getsize(os.path.join(out, "best.keras"))
@@ -225,18 +230,8 @@ def test_bad_settings_are_refused(tmp_path, capsys):
         refused(capsys, run_args(data, out, "--export", "litert"), "needs the TensorFlow", out)
 
 
-def test_val_dir_is_the_validation_set(tmp_path, capsys):
-    data = make_images(tmp_path / "data", per_class=4)
-    val = make_images(tmp_path / "val", per_class=3, seed=1)
-    out = str(tmp_path / "run")
-    result = train.train(train.parse_args(
-        [data, "--val-dir", val, "--model", MODEL, "--weights", "none", "--epochs", "1",
-         "--batch-size", "4", "--image-size", "32", "--out", out, "--no-augment"]))
-    assert result["epochs"] == 1
-    report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
-    # All 8 DATA_DIR images train; the 6 --val-dir images validate.
-    assert "8 training and 6 validation images" in report
-    assert "| blue | 3 |" in report and "| red | 3 |" in report
+def test_val_dir_with_other_classes_is_refused(tmp_path, capsys):
+    data = make_images(tmp_path / "data", per_class=1)
     wrong = tmp_path / "wrong"
     make_images(wrong, per_class=1, colors={"blue": (0, 0, 200), "green": (0, 200, 0)})
     other = str(tmp_path / "other")

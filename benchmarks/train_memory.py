@@ -1,0 +1,205 @@
+"""Peak memory of a training step: ours on each backend beside timm eager.
+
+Each (model, implementation) runs in a fresh process of its own, one after
+the other, so that no two compete for the machine's memory: it builds the
+model at its default resolution, then runs `--steps` training steps at
+`--batch` (Keras: `compile` with SGD and `train_on_batch`, the default
+`jit_compile`; timm: forward, cross-entropy, backward, SGD step). Reported:
+the process's peak resident memory (`ru_maxrss`), the part of it above the
+resident memory after building (what training added: activations kept for
+the backward pass, gradients, on JAX the compiled step), and the median step
+time. A worker the kernel kills (out of memory) is reported as such.
+
+    python benchmarks/train_memory.py --out benchmarks/train_memory.md
+    python benchmarks/train_memory.py --models v4_conv_large --impls jax --remat
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import KERAS_BACKENDS, MODELS, REPO_ROOT, keras_build_code  # noqa: E402
+
+IMPLS = KERAS_BACKENDS + ("timm",)
+
+
+def rss_gb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def peak_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def keras_steps(spec, batch, steps, remat):
+    import keras
+    import numpy as np
+
+    size = spec["size"]
+    namespace = {}
+    exec(keras_build_code(spec, "ours", (size, size, 3)), namespace)
+    scope = keras.RematScope(mode="full") if remat else None
+    if scope is not None:
+        with scope:
+            model = namespace["build"]()
+    else:
+        model = namespace["build"]()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    y = rng.integers(0, 1000, batch)
+    return model, lambda: float(np.asarray(model.train_on_batch(x, y)))
+
+
+def timm_steps(spec, batch, steps, remat):
+    import timm
+    import torch
+
+    model = timm.create_model(spec["timm"], pretrained=False).train()
+    if remat:
+        model.set_grad_checkpointing(True)
+    size = spec["size"]
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 1000, (batch,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    return model, step
+
+
+def worker(impl, key, batch, steps, remat):
+    if impl == "timm":
+        import torch  # noqa: F401  (before anything that may import TensorFlow)
+    else:
+        os.environ["KERAS_BACKEND"] = impl
+        if impl == "torch":
+            import torch  # noqa: F401
+    sys.path.insert(0, str(REPO_ROOT))
+    spec = MODELS[key]
+    build = timm_steps if impl == "timm" else keras_steps
+    _, step = build(spec, batch, steps, remat)
+    built = rss_gb()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - t0)
+    if loss != loss:
+        raise RuntimeError("the loss is NaN")
+    # The first step compiles (JAX, TensorFlow's graph); the median of the rest.
+    print(json.dumps(dict(built_gb=built, peak_gb=peak_gb(),
+                          step_s=statistics.median(times[1:] or times))))
+
+
+def run_one(impl, key, args):
+    cmd = [sys.executable, __file__, "--worker", impl, key, "--batch", str(args.batch),
+           "--steps", str(args.steps)] + (["--remat"] if args.remat else [])
+    env = dict(os.environ)
+    if args.threads:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+            env[name] = str(args.threads)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                              timeout=args.worker_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.worker_timeout} s"}
+    wall = time.perf_counter() - t0
+    if proc.returncode == -9:
+        return {"error": "killed (out of memory)", "wall_s": wall}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        oom = "RESOURCE_EXHAUSTED" in proc.stderr or "out of memory" in proc.stderr.lower()
+        return {"error": "out of memory" if oom else tail[0][:200], "wall_s": wall}
+    return dict(json.loads(lines[-1]), wall_s=wall)
+
+
+def cell(result):
+    if "error" in result:
+        return result["error"]
+    return (f"{result['peak_gb']:.2f} ({result['peak_gb'] - result['built_gb']:+.2f}), "
+            f"{result['step_s']:.2f} s")
+
+
+def render(results, args):
+    remat = ('on (ours: `keras.RematScope(mode="full")`; timm: `set_grad_checkpointing`)'
+             if args.remat else "off")
+    lines = [
+        f"# Peak memory of a training step, batch {args.batch}, default resolution",
+        "",
+        f"`python benchmarks/train_memory.py {' '.join(sys.argv[1:])}`",
+        "",
+        "Each cell: the worker's peak resident memory in GB (in brackets, the part above "
+        "the memory after building: what training added), and the median step time "
+        f"({args.steps} steps, the first one excluded). Ours: `train_on_batch`, "
+        f"default `jit_compile`; timm: eager. Rematerialisation: {remat}.",
+        "",
+        "| model | " + " | ".join(("ours " + i) if i != "timm" else "timm eager"
+                                 for i in args.impls) + " | ours / timm (peak) |",
+        "|---|" + "---:|" * (len(args.impls) + 1),
+    ]
+    for key in args.models:
+        row = results[key]
+        ratios = []
+        ref = row.get("timm", {})
+        for impl in args.impls:
+            if impl != "timm" and "peak_gb" in row[impl] and "peak_gb" in ref:
+                ratios.append(f"{impl} {row[impl]['peak_gb'] / ref['peak_gb']:.2f}")
+        lines.append(f"| {MODELS[key]['label']} ({MODELS[key]['size']}²) | "
+                     + " | ".join(cell(row[i]) for i in args.impls)
+                     + f" | {', '.join(ratios) or '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--remat", action="store_true",
+                        help="rematerialise in the backward pass (ours and timm)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="thread count of each worker (0: the libraries' default)")
+    parser.add_argument("--worker-timeout", type=int, default=1800)
+    parser.add_argument("--out", help="write the table (Markdown) here, and JSON beside it")
+    parser.add_argument("--worker", nargs=2, metavar=("IMPL", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.worker[0], args.worker[1], args.batch, args.steps, args.remat)
+    results = {}
+    for key in args.models:
+        results[key] = {}
+        for impl in args.impls:
+            result = run_one(impl, key, args)
+            results[key][impl] = result
+            print(f"{key:18s} {impl:10s} {cell(result)}", file=sys.stderr, flush=True)
+    table = render(results, args)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
