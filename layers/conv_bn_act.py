@@ -9,7 +9,7 @@ from .conv import Conv
 from .depthwise_conv import DepthwiseConv
 from .fast_call import FastCall
 from .normalization import check_norm, get_norm
-from .utils import check_padding, declare, symmetric_pad
+from .utils import check_padding, declare
 
 _PACKAGE = "keras_mobilenets"
 
@@ -91,13 +91,15 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         conv_strides = 1 if self.anti_alias else strides
         # Symmetric and SAME padding agree for stride 1 and odd kernels, where
         # the cheaper built-in "same" is used.
-        self._explicit_pad = padding == "symmetric" and conv_strides > 1 and kernel_size > 1
-        conv_padding = "valid" if self._explicit_pad or kernel_size == 1 else "same"
+        explicit_pad = padding == "symmetric" and conv_strides > 1 and kernel_size > 1
+        conv_padding = "valid" if explicit_pad or kernel_size == 1 else "same"
+        pad = kernel_size // 2 if explicit_pad else 0
         if depthwise:
             self.conv = DepthwiseConv(
                 kernel_size,
                 strides=conv_strides,
                 padding=conv_padding,
+                symmetric_padding=pad,
                 depth_multiplier=depth_multiplier,
                 use_bias=use_bias,
                 name="conv",
@@ -108,6 +110,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
                 kernel_size,
                 strides=conv_strides,
                 padding=conv_padding,
+                symmetric_padding=pad,
                 use_bias=use_bias,
                 name="conv",
             )
@@ -123,26 +126,12 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         if self.bn is not None:
             declare(self.bn, timm=self.timm_names[1], torchvision="1")
 
-    def _conv_input_shape(self, input_shape):
-        if not self._explicit_pad:
-            return input_shape
-        p = 2 * (self.kernel_size // 2)
-        return (
-            input_shape[0],
-            None if input_shape[1] is None else input_shape[1] + p,
-            None if input_shape[2] is None else input_shape[2] + p,
-            input_shape[3],
-        )
-
     def build(self, input_shape):
-        conv_in = self._conv_input_shape(input_shape)
-        self.conv.build(conv_in)
+        self.conv.build(input_shape)
         if self.bn is not None:
-            self.bn.build(self.conv.compute_output_shape(conv_in))
+            self.bn.build(self.conv.compute_output_shape(input_shape))
 
     def call(self, x, training=None):
-        if self._explicit_pad:
-            x = symmetric_pad(x, self.kernel_size)
         if self.bn is None:
             x = self.conv(x)
         elif self.norm_type == "rms":
@@ -201,7 +190,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         return y + ops.cast(shift, y.dtype)
 
     def compute_output_shape(self, input_shape):
-        shape = self.conv.compute_output_shape(self._conv_input_shape(input_shape))
+        shape = self.conv.compute_output_shape(input_shape)
         return shape if self.aa is None else self.aa.compute_output_shape(shape)
 
     def get_config(self):

@@ -6,7 +6,7 @@ from keras import ops
 from .fast_call import FastCall
 from .initializers import HostInitialized
 from .quantization import Int8Kernel
-from .utils import conv_nhwc
+from .utils import SymmetricPadding, conv_nhwc
 
 _PACKAGE = "keras_mobilenets"
 IMPLEMENTATIONS = ("auto", "conv", "shift")
@@ -97,7 +97,9 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class DepthwiseConv(FastCall, HostInitialized, Int8Kernel, keras.layers.DepthwiseConv2D):
+class DepthwiseConv(
+    FastCall, HostInitialized, Int8Kernel, SymmetricPadding, keras.layers.DepthwiseConv2D
+):
     """`keras.layers.DepthwiseConv2D` with a choice of how it is computed.
 
     XLA's CPU backend runs grouped convolutions (what depthwise convs lower
@@ -114,6 +116,8 @@ class DepthwiseConv(FastCall, HostInitialized, Int8Kernel, keras.layers.Depthwis
             sums, `depth_multiplier=1` and no dilation only), or "auto":
             "shift" on the JAX backend when its devices are CPUs, "conv"
             elsewhere (on GPU, XLA hands grouped convolutions to cuDNN).
+        symmetric_padding: pad this many pixels on every side first
+            (`layers.utils.SymmetricPadding`; needs `padding="valid"`).
         **kwargs: the arguments of `keras.layers.DepthwiseConv2D`.
 
     `quantize("int8")` stores the kernel in int8 with one scale per channel
@@ -154,7 +158,8 @@ class DepthwiseConv(FastCall, HostInitialized, Int8Kernel, keras.layers.Depthwis
             # JAX traces symbolic sizes when inferring output shapes; the conv
             # gives the same shape, and real calls always see static sizes.
             return conv_nhwc(
-                ops.depthwise_conv, inputs, kernel, self.strides, self.padding, self.dilation_rate
+                ops.depthwise_conv, inputs, kernel, self.strides, self.padding, self.dilation_rate,
+                pad=self.symmetric_padding,
             )
         kh, kw = self.kernel_size
         sh, sw = self.strides
@@ -168,6 +173,10 @@ class DepthwiseConv(FastCall, HostInitialized, Int8Kernel, keras.layers.Depthwis
             pad_h = _non_negative((out_h - 1) * sh + kh - height)
             pad_w = _non_negative((out_w - 1) * sw + kw - width)
             pads = [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]]
+        elif self.symmetric_padding:
+            p = self.symmetric_padding
+            out_h, out_w = (height + 2 * p - kh) // sh + 1, (width + 2 * p - kw) // sw + 1
+            pads = [[0, 0], [p, p], [p, p], [0, 0]]
         else:
             out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
             pads = None

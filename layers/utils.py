@@ -55,24 +55,71 @@ def check_padding(padding):
     return padding
 
 
-def symmetric_pad(x, kernel_size):
-    """Zero-pad `kernel_size // 2` pixels on every side (PyTorch-style)."""
-    p = kernel_size // 2
-    return ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+class SymmetricPadding:
+    """Mixin for `Conv` and `DepthwiseConv`: `symmetric_padding=p` zero-pads
+    `p` pixels on every side of the input before a "valid" convolution
+    (PyTorch's padding, timm's weights; TensorFlow SAME pads asymmetrically
+    at stride 2). Inside the convolution rather than as a separate pad op,
+    so that PyTorch convolves with its own padding and `torch.onnx.export`
+    writes a Conv with `pads` instead of a Pad node, which onnxruntime does
+    not fuse into the convolution."""
+
+    def __init__(self, *args, symmetric_padding=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if symmetric_padding and self.padding != "valid":
+            raise ValueError(
+                f"symmetric_padding needs padding='valid', got padding={self.padding!r}."
+            )
+        self.symmetric_padding = int(symmetric_padding)
+
+    def compute_output_shape(self, input_shape):
+        p = 2 * self.symmetric_padding
+        padded = [input_shape[0]] + [None if d is None else d + p for d in input_shape[1:3]]
+        return super().compute_output_shape(tuple(padded) + tuple(input_shape[3:]))
+
+    def get_config(self):
+        return {**super().get_config(), "symmetric_padding": self.symmetric_padding}
 
 
-def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1):
-    """Apply `ops.conv` or `ops.depthwise_conv` to channels-last `inputs`.
+def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0):
+    """Apply `ops.conv` or `ops.depthwise_conv` to channels-last `inputs`,
+    after zero-padding `pad` pixels on every side (with `padding="valid"`).
 
     Keras' PyTorch backend copies channels-last inputs to NCHW and then back
     to channels-last memory around every convolution, and returns an NCHW
     result that the next layer copies again. PyTorch convolves channels-last
     memory directly when it is handed as an NCHW view, so on torch the input
     goes in as a transposed view and the output comes back as one: no copies.
-    Elsewhere this is the plain channels-last op.
+    There `pad` goes to the convolution itself (Keras' `ops.conv` takes no
+    explicit padding). Elsewhere this is the plain channels-last op.
     """
     kwargs = dict(strides=strides, padding=padding, dilation_rate=dilation_rate)
     if keras.backend.backend() != "torch":
+        if pad:
+            inputs = ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
         return conv_op(inputs, kernel, data_format="channels_last", **kwargs)
     x = ops.transpose(inputs, (0, 3, 1, 2))
-    return ops.transpose(conv_op(x, kernel, data_format="channels_first", **kwargs), (0, 2, 3, 1))
+    if pad:
+        y = _torch_conv_nchw(conv_op, x, kernel, strides, pad, dilation_rate)
+    else:
+        y = conv_op(x, kernel, data_format="channels_first", **kwargs)
+    return ops.transpose(y, (0, 2, 3, 1))
+
+
+def _torch_conv_nchw(conv_op, x, kernel, strides, pad, dilation_rate):
+    """`conv_op` of the NCHW `x` with `pad` zeros on every side, in torch."""
+    import torch.nn.functional as F
+
+    kernel = ops.convert_to_tensor(kernel)
+    kh, kw, in_channels, out = kernel.shape
+    if conv_op is ops.depthwise_conv:  # (kh, kw, in, multiplier) -> (in * multiplier, 1, kh, kw)
+        kernel = kernel.reshape(kh, kw, 1, in_channels * out)
+    weight = kernel.permute(3, 2, 0, 1)
+    return F.conv2d(
+        x,
+        weight,
+        stride=tuple(strides) if not isinstance(strides, int) else strides,
+        padding=pad,
+        dilation=dilation_rate if isinstance(dilation_rate, int) else tuple(dilation_rate),
+        groups=x.shape[1] // weight.shape[1],
+    )

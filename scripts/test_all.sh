@@ -48,6 +48,9 @@ fi
 # 772 + 192 s beside 584 + 358 s.
 JAX_AFTER_TF=(tests/test_weights.py tests/test_features.py tests/test_mobilenet_v3.py)
 
+jax_caches="$(mktemp -d)"
+trap 'rm -rf "${jax_caches}"' EXIT
+
 # run_backend NAME [pytest args]: NAME is a backend, or jax-1 / jax-2 for the
 # two halves of the JAX run.
 run_backend() {
@@ -57,9 +60,14 @@ run_backend() {
         jax-2) files=("${JAX_AFTER_TF[@]}") ;;
     esac
     echo "=== KERAS_BACKEND=${backend}${files[*]:+ ($1)} ==="
-    local flags="${XLA_FLAGS:-}"
+    local flags="${XLA_FLAGS:-}" cache=()
     if [[ "${backend}" == "jax" ]]; then
         flags="${flags} ${JAX_TEST_XLA_FLAGS} ${JAX_THREAD_FLAGS}"
+        # Many tests build the same small models: XLA's persistent cache
+        # (one folder per process, so that the two halves never share files)
+        # compiles each program once, here and in the tests' subprocesses.
+        cache=(JAX_COMPILATION_CACHE_DIR="$(mktemp -d -p "${jax_caches}")"
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0)
     fi
     # Extra arguments that name tests replace the default selection.
     if [[ $# -gt 1 && "${files[*]:-}" != "" ]]; then
@@ -71,7 +79,7 @@ run_backend() {
             fi
         done
     fi
-    env "${THREAD_ENV[@]}" KERAS_BACKEND="${backend}" XLA_FLAGS="${flags}" \
+    env "${THREAD_ENV[@]}" "${cache[@]}" KERAS_BACKEND="${backend}" XLA_FLAGS="${flags}" \
         python -m pytest -q -p no:cacheprovider "${files[@]}" "${@:2}"
 }
 

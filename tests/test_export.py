@@ -286,9 +286,28 @@ if "litert" in EXPORT_FORMATS:
             assert {"BATCH_MATMUL", "SOFTMAX"} <= set(resolved)  # Mobile MQA
 
 
+if BACKEND == "torch":
+
+    # V4 pads symmetrically (timm): that padding must be the Conv's own
+    # `pads`, not a Pad node, which onnxruntime neither fuses nor runs in its
+    # blocked layout (5 Pads took 0.17 of V3 small's 1.81 ms and doubled the
+    # layout reorders; benchmarks/README.md, exported models).
+    @pytest.mark.parametrize("name", ["v4_conv_small", "v4_hybrid_medium"])
+    def test_torch_onnx_pads_inside_the_convolutions(name, artifacts):
+        onnx = pytest.importorskip("onnx")
+        graph = onnx.load(artifacts(name, "onnx")).graph
+        ops = [node.op_type for node in graph.node]
+        padded = [node for node in graph.node if node.op_type == "Conv"
+                  and any(a.name == "pads" and any(a.ints) for a in node.attribute)]
+        assert "Pad" not in ops, sorted(set(ops))
+        assert padded  # the stride-2 and stride-1 k > 1 convolutions
+
+
 # --- 2. int8 LiteRT -----------------------------------------------------------
 
-INT8_MODELS = ("v3_small", "v4_conv_small")
+# V3 small's int8 conversion is checked on a trained model below (the digits
+# example), with the same op checks.
+INT8_MODELS = ("v4_conv_small",)
 INT8_MIN_SIZE_RATIO = 3.0
 INT8_CALIBRATION_IMAGES = 64
 INT8_EVAL_IMAGES = 128
@@ -303,6 +322,17 @@ INT8_MAX_MAJORITY = 0.3
 QUANTIZED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 if BACKEND == "tensorflow":
+
+    def assert_int8_builtin_ops(path):
+        """Builtin ops only, and the heavy ops really run in int8."""
+        resolved, interpreter = assert_builtin_only(path)
+        tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+        heavy = [op for op in interpreter._get_ops_details() if op["op_name"] in QUANTIZED_OPS]
+        assert heavy
+        for op in heavy:
+            dtypes = {tensors[i]["dtype"] for i in op["inputs"][:2] if i >= 0}
+            assert dtypes == {np.int8}, (op["op_name"], dtypes)
+        return resolved
 
     @pytest.mark.parametrize("name", INT8_MODELS)
     def test_int8_litert(name, artifacts, tmp_path):
@@ -325,16 +355,7 @@ if BACKEND == "tensorflow":
         with open(path, "wb") as f:
             f.write(converter.convert())
 
-        resolved, interpreter = assert_builtin_only(path)
-        if name.startswith("v3"):
-            assert "HARD_SWISH" in resolved
-        # The heavy ops really run in int8.
-        tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-        heavy = [op for op in interpreter._get_ops_details() if op["op_name"] in QUANTIZED_OPS]
-        assert heavy
-        for op in heavy:
-            dtypes = {tensors[i]["dtype"] for i in op["inputs"][:2] if i >= 0}
-            assert dtypes == {np.int8}, (op["op_name"], dtypes)
+        resolved = assert_int8_builtin_ops(path)
 
         float_size = os.path.getsize(artifacts(name, "litert"))
         int8_size = os.path.getsize(path)
@@ -378,6 +399,8 @@ if BACKEND == "tensorflow":
         assert result["int8_accuracy"] >= DIGITS_MIN_ACCURACY
         assert result["top1_agreement"] >= DIGITS_MIN_TOP1
         assert result["float_bytes"] / result["int8_bytes"] >= DIGITS_MIN_SIZE_RATIO
+        resolved = assert_int8_builtin_ops(str(tmp_path / f"digits_{name}.int8.tflite"))
+        assert "HARD_SWISH" in resolved
 
 
 # --- 3. .keras across backends ------------------------------------------------

@@ -9,6 +9,7 @@ from conftest import BACKEND, max_abs_diff, to_numpy
 
 from keras_mobilenets.layers import (
     GELU,
+    Conv,
     ConvBnAct,
     DepthwiseConv,
     DepthwiseSeparableConv,
@@ -89,6 +90,33 @@ def test_symmetric_padding_is_pytorch_padding(kernel_size, depthwise):
     ref = _torch_conv(x, to_numpy(layer.conv.kernel), 2, kernel_size // 2, depthwise)
     assert y.shape == ref.shape == (2, 8, 8, 4 if depthwise else 8)
     assert max_abs_diff(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["conv", "depthwise", "depthwise_x2"])
+@pytest.mark.parametrize("size", [15, 16])
+def test_symmetric_padding_inside_the_convolution(kind, size):
+    # The padding inside the layer (torch: the convolution's own) gives what
+    # the same "valid" layer gives on the zero-padded input, and the shape
+    # that compute_output_shape states; the argument survives get_config.
+    x = np.random.default_rng(3).normal(size=(2, size, size, 4)).astype("float32")
+    if kind == "conv":
+        make = lambda **kw: Conv(6, 5, strides=2, padding="valid", **kw)  # noqa: E731
+    else:
+        multiplier = 2 if kind == "depthwise_x2" else 1
+        make = lambda **kw: DepthwiseConv(  # noqa: E731
+            5, strides=2, padding="valid", depth_multiplier=multiplier, **kw)
+    layer = make(symmetric_padding=2)
+    y = to_numpy(layer(x))
+    plain = make()
+    plain.build((2, size + 4, size + 4, 4))
+    plain.set_weights(layer.get_weights())
+    ref = to_numpy(plain(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))))
+    assert y.shape == ref.shape == layer.compute_output_shape(x.shape)
+    assert max_abs_diff(y, ref) < 1e-5
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.symmetric_padding == 2
+    with pytest.raises(ValueError, match="symmetric_padding needs padding='valid'"):
+        Conv(6, 3, padding="same", symmetric_padding=1)
 
 
 @pytest.mark.parametrize("size", [16, 15])
