@@ -11,6 +11,10 @@ from .fast_call import FastCall
 from .normalization import check_norm, get_norm
 from .utils import check_padding, declare
 
+_TORCH = keras.backend.backend() == "torch"
+if _TORCH:
+    import torch
+
 _PACKAGE = "keras_mobilenets"
 
 
@@ -177,6 +181,30 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         numbers) instead of the activations, it saves three elementwise passes
         over the feature map (JAX fuses them either way). Exact up to float rounding, about 1e-6 of the output's scale.
         """
+        kernel, shift = self._folded_weights(x)
+        y = self.conv.convolution_op(x, kernel)
+        return y + shift
+
+    def _folded_weights(self, x):
+        """The folded kernel and bias, in the dtype of `x`.
+
+        Traced graphs (TensorFlow, JAX) compute them in the graph. PyTorch
+        runs eagerly, and recomputing them took about a third of a batch-1
+        forward pass of V3 small; without autograd recording they are kept
+        until a weight changes (`torch.Tensor._version` counts in-place
+        writes: assignments, optimizer steps, weight loading).
+        """
+        key = None
+        dtype = x.dtype
+        if (_TORCH and not torch.is_grad_enabled() and self.conv.quantization_mode is None
+                and isinstance(x, torch.Tensor) and x.device.type != "meta"):  # not shape inference
+            variables = (self.conv.kernel, self.bn.gamma, self.bn.beta, self.bn.moving_mean,
+                         self.bn.moving_variance) + ((self.conv.bias,) if self.conv.use_bias else ())
+            tensors = [getattr(v, "_value", None) for v in variables]  # no autocast wrapper
+            key = (dtype, x.device) + tuple((id(t), t._version) for t in tensors if t is not None)
+            cached = self.__dict__.get("_fold_cache")
+            if cached is not None and cached[0] == key:
+                return cached[1]
         bn, conv = self.bn, self.conv
         f32 = lambda v: ops.cast(v, "float32")  # noqa: E731
         scale = f32(bn.gamma) * ops.rsqrt(f32(bn.moving_variance) + bn.epsilon)
@@ -186,8 +214,11 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         kernel = f32(conv.kernel)
         # Depthwise kernels are (kh, kw, in, multiplier), output channel = in * multiplier + m.
         kernel = kernel * ops.reshape(scale, kernel.shape[2:] if self.depthwise else (-1,))
-        y = conv.convolution_op(x, ops.cast(kernel, x.dtype))
-        return y + ops.cast(shift, y.dtype)
+        folded = (ops.cast(kernel, dtype), ops.cast(shift, dtype))
+        if key is not None:
+            # Past Keras' attribute tracking: a cache, not state.
+            object.__setattr__(self, "_fold_cache", (key, folded))
+        return folded
 
     def compute_output_shape(self, input_shape):
         shape = self.conv.compute_output_shape(input_shape)

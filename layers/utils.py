@@ -93,33 +93,42 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0)
     There `pad` goes to the convolution itself (Keras' `ops.conv` takes no
     explicit padding). Elsewhere this is the plain channels-last op.
     """
-    kwargs = dict(strides=strides, padding=padding, dilation_rate=dilation_rate)
     if keras.backend.backend() != "torch":
         if pad:
             inputs = ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        return conv_op(inputs, kernel, data_format="channels_last", **kwargs)
-    x = ops.transpose(inputs, (0, 3, 1, 2))
-    if pad:
-        y = _torch_conv_nchw(conv_op, x, kernel, strides, pad, dilation_rate)
-    else:
-        y = conv_op(x, kernel, data_format="channels_first", **kwargs)
-    return ops.transpose(y, (0, 2, 3, 1))
+        return conv_op(inputs, kernel, data_format="channels_last", strides=strides,
+                       padding=padding, dilation_rate=dilation_rate)
+    return _torch_conv_nhwc(conv_op is ops.depthwise_conv, inputs, kernel, strides, padding,
+                            dilation_rate, pad)
 
 
-def _torch_conv_nchw(conv_op, x, kernel, strides, pad, dilation_rate):
-    """`conv_op` of the NCHW `x` with `pad` zeros on every side, in torch."""
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _torch_conv_nhwc(depthwise, x, kernel, strides, padding, dilation_rate, pad):
+    """The convolution in torch itself, as Keras' `ops.conv` computes it but
+    without its per-call work (argument checks, channels-last tests)."""
     import torch.nn.functional as F
 
+    x = ops.convert_to_tensor(x).permute(0, 3, 1, 2)  # an NCHW view of channels-last memory
     kernel = ops.convert_to_tensor(kernel)
     kh, kw, in_channels, out = kernel.shape
-    if conv_op is ops.depthwise_conv:  # (kh, kw, in, multiplier) -> (in * multiplier, 1, kh, kw)
+    if depthwise:  # (kh, kw, in, multiplier) -> (in * multiplier, 1, kh, kw)
         kernel = kernel.reshape(kh, kw, 1, in_channels * out)
     weight = kernel.permute(3, 2, 0, 1)
-    return F.conv2d(
-        x,
-        weight,
-        stride=tuple(strides) if not isinstance(strides, int) else strides,
-        padding=pad,
-        dilation=dilation_rate if isinstance(dilation_rate, int) else tuple(dilation_rate),
-        groups=x.shape[1] // weight.shape[1],
-    )
+    strides, dilation = _pair(strides), _pair(dilation_rate)
+    torch_padding = (pad, pad)
+    if padding == "same":  # TensorFlow SAME: any odd pixel goes to the bottom / right
+        pads = []
+        for size, k, s, d in zip(x.shape[2:], (kh, kw), strides, dilation):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        if all(a == b for a, b in pads):
+            torch_padding = tuple(a for a, _ in pads)
+        else:
+            x = F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+            torch_padding = (0, 0)
+    y = F.conv2d(x, weight, stride=strides, padding=torch_padding, dilation=dilation,
+                 groups=x.shape[1] // weight.shape[1])
+    return y.permute(0, 2, 3, 1)
