@@ -68,3 +68,49 @@ def test_training_mode_comes_from_the_enclosing_call(monkeypatch):
     for a, b in zip(fast_after, slow_after):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(fast_out, slow_out, rtol=1e-5, atol=1e-6)
+
+
+def test_folded_weights_follow_every_weight_change():
+    # Without autograd recording, torch keeps a block's BatchNorm-folded
+    # kernel between calls; any change of a weight must show in the next call.
+    import torch
+
+    from keras_mobilenets.layers import ConvBnAct
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 9, 9, 4)).astype("float32")
+    layer = ConvBnAct(6, 3, 2, use_bias=True, padding="symmetric")
+    layer.build(x.shape)
+
+    def expected():  # the unfolded computation, in numpy
+        kernel, bias = (to_numpy(w) for w in layer.conv.weights)
+        gamma, beta, mean, var = (to_numpy(w) for w in layer.bn.weights)
+        xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        out = np.zeros((2, 5, 5, 6), "float32")
+        for i in range(3):
+            for j in range(3):
+                out += xp[:, i:i + 9:2, j:j + 9:2, :] @ kernel[i, j]
+        out += bias
+        return (out - mean) / np.sqrt(var + layer.bn.epsilon) * gamma + beta
+
+    def forward():
+        with torch.no_grad():
+            return to_numpy(layer(x, training=False))
+
+    first = forward()
+    assert np.abs(forward() - first).max() == 0.0  # the kept weights, same result
+    np.testing.assert_allclose(first, expected(), atol=1e-4)
+    changes = [
+        lambda: layer.bn.moving_variance.assign(rng.uniform(0.5, 2, 6).astype("float32")),
+        lambda: layer.bn.gamma.assign(rng.normal(size=6).astype("float32")),
+        lambda: layer.conv.bias.assign(rng.normal(size=6).astype("float32")),
+        lambda: layer.conv.set_weights([rng.normal(size=(3, 3, 4, 6)).astype("float32"),
+                                        rng.normal(size=6).astype("float32")]),
+        lambda: layer.bn.moving_mean.assign_add(np.ones(6, "float32")),
+    ]
+    for change in changes:
+        before = forward()
+        change()
+        after = forward()
+        assert np.abs(after - before).max() > 1e-3
+        np.testing.assert_allclose(after, expected(), atol=1e-4)
