@@ -21,7 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402  (before Keras, which may import TensorFlow)
 
-MODELS = {  # name -> (factory module, factory, variant, timm name)
+# name -> (factory module, factory, variant, timm name). Ours in timm's style
+# (V4's default; V3's default is keras.applications', with a built-in
+# Rescaling and TensorFlow SAME padding, which timm's model has not).
+MODELS = {
     "v3_small": ("mobilenet_v3", "create_mobilenetv3", "small", "mobilenetv3_small_100"),
     "v3_large": ("mobilenet_v3", "create_mobilenetv3", "large", "mobilenetv3_large_100"),
     "v4_conv_small": ("mobilenet_v4", "create_mobilenetv4", "conv_small", "mobilenetv4_conv_small"),
@@ -122,7 +125,8 @@ def main(argv=None):
     rows = []
     for key in args.models.split(","):
         module, factory, variant, timm_name = MODELS[key]
-        ours = getattr(importlib.import_module(module), factory)(variant, input_shape=(224, 224, 3))
+        ours = getattr(importlib.import_module(module), factory)(
+            variant, input_shape=(224, 224, 3), style="timm")
         ref = timm.create_model(timm_name).eval()
         for batch in (int(b) for b in args.batch.split(",")):
             x = np.random.default_rng(0).uniform(0, 1, (batch, 224, 224, 3)).astype("float32")
