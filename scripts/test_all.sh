@@ -44,8 +44,7 @@ fi
 
 # The JAX run is split in two processes, so that both lanes end together:
 # these files run after TensorFlow, the rest before torch (see below). In the
-# two measured runs the lanes took 626 + 172 s beside 485 + 311 s, and
-# 772 + 192 s beside 584 + 358 s.
+# last measured run the lanes took 511 + 134 s beside 411 + 250 s.
 JAX_AFTER_TF=(tests/test_weights.py tests/test_features.py tests/test_mobilenet_v3.py)
 
 jax_caches="$(mktemp -d)"
