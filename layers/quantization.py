@@ -22,6 +22,9 @@ from .fast_call import FastCall
 from .initializers import HostInitialized
 
 _PACKAGE = "keras_mobilenets"
+_TORCH = keras.backend.backend() == "torch"
+if _TORCH:
+    import torch
 
 
 def _stored_dtype(value):
@@ -146,6 +149,44 @@ class NothingToQuantize:
         del mode, type_check, config
 
 
+def _relu_base():
+    """`keras.layers.ReLU` whose ReLU6 on torch, in training, keeps only its
+    output for the backward pass.
+
+    PyTorch's `relu6` (hardtanh) keeps its input, the BatchNorm output, which
+    nothing else needs, beside its output, which the next convolution keeps
+    anyway: one activation-sized tensor per ReLU6 more than timm's in-place
+    ReLU6 (V1 and V2 have one after every convolution). The gradient from
+    the output, `0 < y < 6`, is the one from the input, `0 < x < 6`.
+    """
+
+    class ReLU(keras.layers.ReLU):  # the class name is the saved one
+        def call(self, inputs):
+            if (_TORCH and self.max_value == 6.0 and not self.negative_slope
+                    and not self.threshold and torch.is_grad_enabled()
+                    and isinstance(inputs, torch.Tensor) and inputs.requires_grad
+                    and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):
+                return _ReLU6KeepingOutput.apply(inputs)
+            return super().call(inputs)
+
+    return ReLU
+
+
+if _TORCH:
+
+    class _ReLU6KeepingOutput(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = torch.nn.functional.relu6(x)
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, grad):
+            (y,) = ctx.saved_tensors
+            return grad * ((y > 0) & (y < 6)).to(grad.dtype)
+
+
 def _with_nothing_to_quantize(base):
     cls = type(
         base.__name__,
@@ -166,7 +207,7 @@ Dropout = _with_nothing_to_quantize(keras.layers.Dropout)
 GlobalAveragePooling2D = _with_nothing_to_quantize(keras.layers.GlobalAveragePooling2D)
 GlobalMaxPooling2D = _with_nothing_to_quantize(keras.layers.GlobalMaxPooling2D)
 InputLayer = _with_nothing_to_quantize(keras.layers.InputLayer)
-ReLU = _with_nothing_to_quantize(keras.layers.ReLU)
+ReLU = _with_nothing_to_quantize(_relu_base())
 Rescaling = _with_nothing_to_quantize(keras.layers.Rescaling)
 
 

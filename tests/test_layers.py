@@ -379,3 +379,31 @@ def test_depthwise_runs_the_chosen_implementation(implementation, kwargs, expect
 def test_depthwise_rejects_unknown_implementation():
     with pytest.raises(ValueError, match="'fft'"):
         DepthwiseConv(3, implementation="fft")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the output-keeping ReLU6 is torch's training path")
+def test_relu6_keeps_only_its_output_for_the_backward_pass():
+    import torch
+
+    from keras_mobilenets.layers.quantization import ReLU
+
+    values = np.random.default_rng(4).uniform(-3, 9, (2, 5, 5, 3)).astype("float32")
+    values[0, 0, 0] = [0.0, 6.0, 3.0]  # the kinks: gradient 0 there, as torch's
+    layer = ReLU(max_value=6.0)
+    x = torch.tensor(values, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    # One tensor kept, and it is the output (torch's relu6 keeps the input).
+    assert len(saved) == 1 and saved[0].data_ptr() == y.data_ptr() != x.data_ptr()
+    upstream = torch.arange(y.numel(), dtype=torch.float32).reshape(y.shape)
+    y.backward(upstream)
+    x_ref = torch.tensor(values, requires_grad=True)
+    y_ref = torch.nn.functional.relu6(x_ref)
+    y_ref.backward(upstream)
+    assert torch.equal(y, y_ref) and torch.equal(x.grad, x_ref.grad)
