@@ -42,7 +42,7 @@ def peak_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def keras_steps(spec, batch, steps, remat):
+def keras_steps(spec, batch, remat):
     import keras
     import numpy as np
 
@@ -62,7 +62,7 @@ def keras_steps(spec, batch, steps, remat):
     return model, lambda: float(np.asarray(model.train_on_batch(x, y)))
 
 
-def timm_steps(spec, batch, steps, remat):
+def timm_steps(spec, batch, remat):
     import timm
     import torch
 
@@ -104,7 +104,7 @@ def worker(impl, key, batch, steps, remat):
         keras.ops.zeros(1)  # the backend's runtime started, as before any model
         build = keras_steps
     base = rss_gb()
-    _, step = build(spec, batch, steps, remat)
+    _, step = build(spec, batch, remat)
     built = rss_gb()
     times = []
     for _ in range(steps):

@@ -6,7 +6,7 @@ from keras import ops
 from .fast_call import FastCall
 from .initializers import HostInitialized
 from .quantization import Int8Kernel
-from .utils import SymmetricPadding, conv_nhwc
+from .utils import SymmetricPadding, conv_nhwc, same_pads
 
 _PACKAGE = "keras_mobilenets"
 IMPLEMENTATIONS = ("auto", "conv", "shift")
@@ -170,9 +170,7 @@ class DepthwiseConv(
         )
         if self.padding == "same":
             out_h, out_w = -(-height // sh), -(-width // sw)
-            pad_h = _non_negative((out_h - 1) * sh + kh - height)
-            pad_w = _non_negative((out_w - 1) * sw + kw - width)
-            pads = [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]]
+            pads = [[0, 0], list(same_pads(height, kh, sh)), list(same_pads(width, kw, sw)), [0, 0]]
         elif self.symmetric_padding:
             p = self.symmetric_padding
             out_h, out_w = (height + 2 * p - kh) // sh + 1, (width + 2 * p - kw) // sw + 1

@@ -3,6 +3,9 @@
 import keras
 from keras import ops
 
+if keras.backend.backend() == "torch":
+    import torch.nn.functional as F
+
 PADDING_MODES = ("same", "symmetric")
 
 
@@ -102,6 +105,14 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0)
                             dilation_rate, pad)
 
 
+def same_pads(size, kernel, stride, dilation=1):
+    """TensorFlow SAME padding of one spatial axis as `(before, after)`: the
+    odd pixel goes after. `size` may be a tensor (a size unknown when traced)."""
+    total = (-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size
+    total = max(total, 0) if isinstance(total, int) else ops.maximum(total, 0)
+    return total // 2, total - total // 2
+
+
 def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
@@ -109,8 +120,6 @@ def _pair(value):
 def _torch_conv_nhwc(depthwise, x, kernel, strides, padding, dilation_rate, pad):
     """The convolution in torch itself, as Keras' `ops.conv` computes it but
     without its per-call work (argument checks, channels-last tests)."""
-    import torch.nn.functional as F
-
     x = ops.convert_to_tensor(x).permute(0, 3, 1, 2)  # an NCHW view of channels-last memory
     kernel = ops.convert_to_tensor(kernel)
     kh, kw, in_channels, out = kernel.shape
@@ -120,10 +129,7 @@ def _torch_conv_nhwc(depthwise, x, kernel, strides, padding, dilation_rate, pad)
     strides, dilation = _pair(strides), _pair(dilation_rate)
     torch_padding = (pad, pad)
     if padding == "same":  # TensorFlow SAME: any odd pixel goes to the bottom / right
-        pads = []
-        for size, k, s, d in zip(x.shape[2:], (kh, kw), strides, dilation):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            pads.append((total // 2, total - total // 2))
+        pads = [same_pads(*axis) for axis in zip(x.shape[2:], (kh, kw), strides, dilation)]
         if all(a == b for a, b in pads):
             torch_padding = tuple(a for a, _ in pads)
         else:
