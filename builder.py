@@ -7,8 +7,6 @@ and their declared reference names, head, weights and preprocessing.
 
 import dataclasses
 
-import keras
-
 from keras_mobilenets import layers as blocks
 from keras_mobilenets.architecture import (
     DS,
@@ -30,6 +28,7 @@ from keras_mobilenets.arguments import (
     check_width,
 )
 from keras_mobilenets.layers import Dense, declare, make_divisible, quantization
+from keras_mobilenets.layers.fast_call import FastFunctional
 from keras_mobilenets.weights import loading
 from keras_mobilenets.weights.registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -272,5 +271,5 @@ def build_model(
         )
     else:
         x = feature_pooling(x, pooling)
-    model = keras.Model(inputs, x, name=name)
+    model = FastFunctional(inputs, x, name=name)
     return loading.load_weights(model, weights_file, include_top)

@@ -6,6 +6,7 @@ from keras import ops
 from keras.src.backend import compute_output_spec
 
 from keras_mobilenets.layers import MobileMQA
+from keras_mobilenets.layers.fast_call import FastFunctional
 from keras_mobilenets.weights.assign import leaf_layers
 from keras_mobilenets.weights.registry import get_checkpoint
 
@@ -57,7 +58,7 @@ def feature_pyramid(model, strides=(4, 8, 16, 32)):
             f"Unavailable strides {unknown} for {model.name}; available: {sorted(last_at_stride)}."
         )
     outputs = {f"stride_{s}": last_at_stride[s].output for s in strides}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    return FastFunctional(model.inputs, outputs, name=f"{model.name}_features")
 
 
 def count_macs(model, input_shape=None):

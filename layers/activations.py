@@ -3,10 +3,12 @@
 import keras
 from keras import ops
 
-from .fast_call import FastCall
+from .fast_call import FastCall, eager_torch_inference
 from .quantization import NothingToQuantize, ReLU
 
 _PACKAGE = "keras_mobilenets"
+if keras.backend.backend() == "torch":
+    import torch.nn.functional as F
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -106,6 +108,37 @@ class GELU(FastCall, NothingToQuantize, keras.layers.Layer):
 
 
 ACTIVATIONS = ("relu", "relu6", "hard_swish", "gelu", "gelu_tanh")
+
+
+def torch_function(layer):
+    """The torch function computing activation layer `layer` (same kernel as
+    its `call` on torch), or None: for callers that skip the layer's own call
+    in eager inference (`apply_activation`)."""
+    if keras.backend.backend() != "torch" or layer is None:
+        return None
+    if isinstance(layer, HardSwish):
+        return F.hardswish
+    if isinstance(layer, HardSigmoid):
+        return F.hardsigmoid
+    if isinstance(layer, GELU):
+        approximate = "tanh" if layer.approximate else "none"
+        return lambda x: F.gelu(x, approximate=approximate)
+    if isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.sigmoid:
+        return F.sigmoid
+    if isinstance(layer, ReLU) and not layer.negative_slope and not layer.threshold:
+        return {None: F.relu, 6.0: F.relu6}.get(layer.max_value)
+    return None
+
+
+def apply_activation(layer, x):
+    """`layer(x)`, or its torch function straight away in eager inference on torch."""
+    if layer is None:
+        return x
+    if eager_torch_inference(x):
+        fn = torch_function(layer)
+        if fn is not None:
+            return fn(x)
+    return layer(x)
 
 
 def get_activation(name, layer_name=None):

@@ -2,10 +2,10 @@
 
 import keras
 
-from .fast_call import FastCall
+from .fast_call import FastCall, eager_torch_inference, kept
 from .initializers import HostInitialized
 from .quantization import Int8Kernel
-from .utils import SymmetricPadding, conv_nhwc
+from .utils import SymmetricPadding, conv_nhwc, torch_conv_nhwc, torch_conv_weight
 
 _PACKAGE = "keras_mobilenets"
 
@@ -21,8 +21,22 @@ class Conv(FastCall, HostInitialized, Int8Kernel, SymmetricPadding, keras.layers
     fold its BatchNorm into the kernel at inference. `quantize("int8")`
     stores the kernel in int8 (`layers.quantization.Int8Kernel`).
     `symmetric_padding=p` pads `p` pixels on every side first
-    (`layers.utils.SymmetricPadding`).
+    (`layers.utils.SymmetricPadding`). In eager inference on torch the
+    kernel is kept in torch's layout and the bias added by the convolution.
     """
+
+    def call(self, inputs):
+        if (self.data_format == "channels_last" and self.groups == 1
+                and self.quantization_mode is None and eager_torch_inference(inputs)):
+            def plan():
+                weight = torch_conv_weight(self._kernel.value).contiguous()
+                return (weight, self.bias.value if self.use_bias else None), self.weights
+
+            weight, bias = kept(self, "_torch_plan", plan)
+            y = torch_conv_nhwc(inputs, weight, bias, self.strides, self.padding,
+                                self.dilation_rate, self.symmetric_padding)
+            return y if self.activation is None else self.activation(y)
+        return super().call(inputs)
 
     @property
     def kernel(self):

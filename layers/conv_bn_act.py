@@ -3,17 +3,13 @@
 import keras
 from keras import ops
 
-from .activations import get_activation
+from .activations import get_activation, torch_function
 from .anti_alias import anti_alias_layer, check_anti_alias
 from .conv import Conv
 from .depthwise_conv import DepthwiseConv
-from .fast_call import FastCall
+from .fast_call import FastCall, eager_torch_inference, kept
 from .normalization import check_norm, get_norm
-from .utils import check_padding, declare
-
-_TORCH = keras.backend.backend() == "torch"
-if _TORCH:
-    import torch
+from .utils import check_padding, declare, torch_conv_nhwc, torch_conv_weight
 
 _PACKAGE = "keras_mobilenets"
 
@@ -142,6 +138,8 @@ class ConvBnAct(FastCall, keras.layers.Layer):
             x = self.bn(self.conv(x))
         elif training and self.bn.trainable:
             x = self._batch_norm_train(self.conv(x))
+        elif self.conv.quantization_mode is None and eager_torch_inference(x):
+            return self._torch_inference(x)
         else:
             x = self._folded_conv(x)
         if self.act is not None:
@@ -186,25 +184,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         return y + shift
 
     def _folded_weights(self, x):
-        """The folded kernel and bias, in the dtype of `x`.
-
-        Traced graphs (TensorFlow, JAX) compute them in the graph. PyTorch
-        runs eagerly, and recomputing them took about a third of a batch-1
-        forward pass of V3 small; without autograd recording they are kept
-        until a weight changes (`torch.Tensor._version` counts in-place
-        writes: assignments, optimizer steps, weight loading).
-        """
-        key = None
-        dtype = x.dtype
-        if (_TORCH and not torch.is_grad_enabled() and self.conv.quantization_mode is None
-                and isinstance(x, torch.Tensor) and x.device.type != "meta"):  # not shape inference
-            variables = (self.conv.kernel, self.bn.gamma, self.bn.beta, self.bn.moving_mean,
-                         self.bn.moving_variance) + ((self.conv.bias,) if self.conv.use_bias else ())
-            tensors = [getattr(v, "_value", None) for v in variables]  # no autocast wrapper
-            key = (dtype, x.device) + tuple((id(t), t._version) for t in tensors if t is not None)
-            cached = self.__dict__.get("_fold_cache")
-            if cached is not None and cached[0] == key:
-                return cached[1]
+        """The BatchNorm-folded kernel and bias, in the dtype of `x`."""
         bn, conv = self.bn, self.conv
         f32 = lambda v: ops.cast(v, "float32")  # noqa: E731
         scale = f32(bn.gamma) * ops.rsqrt(f32(bn.moving_variance) + bn.epsilon)
@@ -214,11 +194,29 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         kernel = f32(conv.kernel)
         # Depthwise kernels are (kh, kw, in, multiplier), output channel = in * multiplier + m.
         kernel = kernel * ops.reshape(scale, kernel.shape[2:] if self.depthwise else (-1,))
-        folded = (ops.cast(kernel, dtype), ops.cast(shift, dtype))
-        if key is not None:
-            # Past Keras' attribute tracking: a cache, not state.
-            object.__setattr__(self, "_fold_cache", (key, folded))
-        return folded
+        return ops.cast(kernel, x.dtype), ops.cast(shift, x.dtype)
+
+    def _torch_inference(self, x):
+        """Eager inference on torch: the folded convolution with its bias and
+        the activation, each one torch call. The folded kernel, in the layout
+        torch convolves fastest, is kept until a weight changes
+        (`layers.fast_call.kept`); recomputing it with `keras.ops` on every
+        call took about a third of a batch-1 forward pass of V3 small."""
+
+        def plan():
+            kernel, shift = self._folded_weights(x)
+            weight = torch_conv_weight(kernel, self.depthwise).contiguous()
+            return (weight, shift, torch_function(self.act)), self.weights
+
+        weight, bias, act = kept(self, "_torch_plan", plan)
+        conv = self.conv
+        y = torch_conv_nhwc(x, weight, bias, conv.strides, conv.padding, conv.dilation_rate,
+                            conv.symmetric_padding)
+        if act is not None:
+            y = act(y)
+        elif self.act is not None:
+            y = self.act(y)
+        return y if self.aa is None else self.aa(y)
 
     def compute_output_shape(self, input_shape):
         shape = self.conv.compute_output_shape(input_shape)

@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 
-from .activations import HardSigmoid, get_activation
+from .activations import HardSigmoid, apply_activation, get_activation
 from .conv import Conv
-from .fast_call import FastCall
+from .fast_call import FastCall, eager_torch_inference
 from .quantization import Activation
 from .utils import declare
 
@@ -54,11 +54,12 @@ class SqueezeExcite(FastCall, keras.layers.Layer):
         self.expand.build((input_shape[0], 1, 1, self.reduced_channels))
 
     def call(self, x):
-        s = ops.mean(x, axis=(1, 2), keepdims=True)
-        s = self.reduce(s)
-        if self.act is not None:
-            s = self.act(s)
-        s = self.gate_fn(self.expand(s))
+        if eager_torch_inference(x):
+            s = x.mean((1, 2), keepdim=True)  # torch's own mean: one call, not Keras' checks
+        else:
+            s = ops.mean(x, axis=(1, 2), keepdims=True)
+        s = apply_activation(self.act, self.reduce(s))
+        s = apply_activation(self.gate_fn, self.expand(s))
         return x * s
 
     def compute_output_shape(self, input_shape):

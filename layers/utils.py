@@ -120,21 +120,34 @@ def _pair(value):
 def _torch_conv_nhwc(depthwise, x, kernel, strides, padding, dilation_rate, pad):
     """The convolution in torch itself, as Keras' `ops.conv` computes it but
     without its per-call work (argument checks, channels-last tests)."""
-    x = ops.convert_to_tensor(x).permute(0, 3, 1, 2)  # an NCHW view of channels-last memory
-    kernel = ops.convert_to_tensor(kernel)
+    weight = torch_conv_weight(ops.convert_to_tensor(kernel), depthwise)
+    return torch_conv_nhwc(ops.convert_to_tensor(x), weight, None, strides, padding,
+                           dilation_rate, pad)
+
+
+def torch_conv_weight(kernel, depthwise=False):
+    """A Keras kernel, `(kh, kw, in, out)` or depthwise `(kh, kw, in,
+    multiplier)`, as torch's `(out, in / groups, kh, kw)` (a view)."""
     kh, kw, in_channels, out = kernel.shape
-    if depthwise:  # (kh, kw, in, multiplier) -> (in * multiplier, 1, kh, kw)
+    if depthwise:  # output channel = in * multiplier + m
         kernel = kernel.reshape(kh, kw, 1, in_channels * out)
-    weight = kernel.permute(3, 2, 0, 1)
+    return kernel.permute(3, 2, 0, 1)
+
+
+def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
+    """`F.conv2d` of channels-last torch tensor `x` with torch-layout `weight`
+    (groups = input channels / weight's), Keras' `padding` ("same" is
+    TensorFlow's) after `pad` pixels on every side; channels-last result."""
+    x = x.permute(0, 3, 1, 2)  # an NCHW view of channels-last memory
     strides, dilation = _pair(strides), _pair(dilation_rate)
     torch_padding = (pad, pad)
     if padding == "same":  # TensorFlow SAME: any odd pixel goes to the bottom / right
-        pads = [same_pads(*axis) for axis in zip(x.shape[2:], (kh, kw), strides, dilation)]
+        pads = [same_pads(*axis) for axis in zip(x.shape[2:], weight.shape[2:], strides, dilation)]
         if all(a == b for a, b in pads):
             torch_padding = tuple(a for a, _ in pads)
         else:
             x = F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
             torch_padding = (0, 0)
-    y = F.conv2d(x, weight, stride=strides, padding=torch_padding, dilation=dilation,
+    y = F.conv2d(x, weight, bias, stride=strides, padding=torch_padding, dilation=dilation,
                  groups=x.shape[1] // weight.shape[1])
     return y.permute(0, 2, 3, 1)

@@ -205,6 +205,7 @@ def check_keras_file_round_trip(version, path, size=64):
     expected = infer(model, x)
     model.save(path)
     reloaded = keras.models.load_model(path)
+    assert type(reloaded) is type(model)  # the factories' FastFunctional, not a plain Functional
     assert [type(layer) for layer in reloaded.layers] == [type(layer) for layer in model.layers]
     assert [layer.get_config() for layer in reloaded.layers] == [
         layer.get_config() for layer in model.layers

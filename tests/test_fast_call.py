@@ -114,3 +114,81 @@ def test_folded_weights_follow_every_weight_change():
         after = forward()
         assert np.abs(after - before).max() > 1e-3
         np.testing.assert_allclose(after, expected(), atol=1e-4)
+
+
+def test_torch_functions_compute_the_activation_layers():
+    # Eager inference on torch calls these functions instead of the layers.
+    import torch
+
+    from keras_mobilenets.layers import quantization
+    from keras_mobilenets.layers.activations import (
+        ACTIVATIONS, HardSigmoid, get_activation, torch_function,
+    )
+
+    x = torch.linspace(-8, 8, 3201).reshape(1, 1, -1, 1)
+    layers = [get_activation(name) for name in ACTIVATIONS]
+    layers += [HardSigmoid(), quantization.Activation("sigmoid")]
+    for layer in layers:
+        fn = torch_function(layer)
+        assert fn is not None, layer.name
+        np.testing.assert_array_equal(to_numpy(fn(x)), to_numpy(layer.call(x)), err_msg=layer.name)
+    # Anything else keeps its own call.
+    assert torch_function(quantization.ReLU(negative_slope=0.1)) is None
+    assert torch_function(quantization.ReLU(max_value=4.0)) is None
+
+
+def test_model_skips_keras_call_only_in_eager_inference(monkeypatch):
+    """The factories' model skips its own `Layer.__call__` without autograd
+    (nothing else left in V3's graph goes through it), keeps it while
+    gradients are recorded, and still checks the input's shape first, with
+    Keras' message."""
+    import torch
+
+    model = create_mobilenetv3("small", input_shape=(32, 32, 3), num_classes=3)
+    x = torch.as_tensor(random_images(1, 32, 32))
+    with torch.no_grad():
+        out, calls = keras_calls(model, x)
+    assert calls == 0
+    recorded, calls = keras_calls(model, x)
+    assert calls == 1
+    np.testing.assert_allclose(out, recorded, rtol=1e-5, atol=1e-6)
+
+    def error(fast):
+        monkeypatch.setattr(fast_call, "_TORCH", fast)
+        with torch.no_grad(), pytest.raises(ValueError) as info:
+            model(torch.zeros(1, 32, 32, 4))
+        return str(info.value)
+
+    fast_message = error(True)
+    assert "incompatible" in fast_message and "found shape=(1, 32, 32, 4)" in fast_message
+    assert fast_message == error(False)
+
+
+def test_kept_torch_weights_follow_weight_changes():
+    # The plain convolution (squeeze-excite's, heads') keeps its kernel in
+    # torch's layout without autograd; a change must show in the next call.
+    import torch
+
+    from keras_mobilenets.layers import Conv
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 5, 5, 4)).astype("float32")
+    layer = Conv(3, 1, use_bias=True)
+    layer.build(x.shape)
+
+    def forward():
+        with torch.no_grad():
+            return to_numpy(layer(x))
+
+    def expected():
+        kernel, bias = (to_numpy(w) for w in layer.weights)
+        return x @ kernel[0, 0] + bias
+
+    np.testing.assert_allclose(forward(), expected(), atol=1e-5)
+    for change in [lambda: layer.bias.assign(rng.normal(size=3).astype("float32")),
+                   lambda: layer.kernel.assign(rng.normal(size=(1, 1, 4, 3)).astype("float32"))]:
+        before = forward()
+        change()
+        after = forward()
+        assert np.abs(after - before).max() > 1e-3
+        np.testing.assert_allclose(after, expected(), atol=1e-5)
