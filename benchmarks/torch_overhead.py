@@ -25,9 +25,15 @@ import torch  # noqa: E402  (before Keras, which may import TensorFlow)
 # (V4's default; V3's default is keras.applications', with a built-in
 # Rescaling and TensorFlow SAME padding, which timm's model has not).
 MODELS = {
+    "v1": ("mobilenet_v1", "create_mobilenetv1", "1.0", "mobilenetv1_100"),
+    "v2": ("mobilenet_v2", "create_mobilenetv2", "1.0", "mobilenetv2_100"),
     "v3_small": ("mobilenet_v3", "create_mobilenetv3", "small", "mobilenetv3_small_100"),
     "v3_large": ("mobilenet_v3", "create_mobilenetv3", "large", "mobilenetv3_large_100"),
     "v4_conv_small": ("mobilenet_v4", "create_mobilenetv4", "conv_small", "mobilenetv4_conv_small"),
+    "v4_conv_medium": ("mobilenet_v4", "create_mobilenetv4", "conv_medium",
+                       "mobilenetv4_conv_medium"),
+    "v4_hybrid_medium": ("mobilenet_v4", "create_mobilenetv4", "hybrid_medium",
+                         "mobilenetv4_hybrid_medium"),
 }
 
 
