@@ -1,10 +1,15 @@
-"""Ours on the torch backend against timm eager, alternating in one process.
+"""Ours on the torch backend against timm, alternating in one process.
 
-Eager inference (`torch.no_grad()`), channels-last input for ours and NCHW
-for timm, same process and threads. Each round times a block of calls of
-each model, in alternating order; the ratio is the median of the per-round
-ratios. `--keras-call` also times ours with `layers.fast_call` switched off
-(every layer through Keras' own `__call__`), the state before that change.
+Eager inference (`torch.no_grad()`): ours called directly, channels-last
+input, against timm's eval-mode module on NCHW input, same process and
+threads. Each round times a block of calls of each, in alternating order;
+the ratio is the median of the per-round ratios. `--train-batch N` adds one
+training step (ours `train_on_batch`, timm forward + cross-entropy + backward
++ SGD step). `--keras-call` also times ours with `layers.fast_call` switched
+off (every layer through Keras' own `__call__` and `keras.ops`), the state
+before that module. `--compiled` adds Keras' torch.compile route, ours
+compiled with `jit_compile=True` (`predict_on_batch`, `train_on_batch`)
+against timm's module through `torch.compile(dynamic=False)`.
 
     python benchmarks/torch_overhead.py --threads 1 --out benchmarks/torch_overhead.md
 """
@@ -44,67 +49,100 @@ def block_ms(fn, calls):
     return (time.perf_counter() - start) / calls * 1e3
 
 
-def make_runners(ours, ref, x_ours, keras_call, fast_call):
+def alternate(runners, rounds, calls):
+    """Per-round ms of each runner, in alternating order, after two warm-up calls each."""
+    for run in runners.values():
+        run(), run()
+    times = {name: [] for name in runners}
+    for r in range(rounds):
+        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+            times[name].append(block_ms(runners[name], calls))
+    return times
+
+
+def rows_of(key, batch, times, against):
+    """One row per runner of ours against `times["timm"]`, printed as it goes."""
+    rows = []
+    for name in times:
+        if name == "timm":
+            continue
+        ratios = [a / b for a, b in zip(times[name], times["timm"])]
+        row = (key, batch, name, against, statistics.median(times[name]),
+               statistics.median(times["timm"]), statistics.median(ratios), min(ratios),
+               max(ratios))
+        rows.append(row)
+        print(f"{key} {batch} {name}: {row[4]:.2f} ms, {against} {row[5]:.2f} ms, "
+              f"ratio {row[6]:.2f} ({row[7]:.2f}-{row[8]:.2f})", flush=True)
+    return rows
+
+
+def without_fast_call(fn, fast_call):
+    def run():
+        fast_call._TORCH = False
+        try:
+            fn()
+        finally:
+            fast_call._TORCH = True
+    return run
+
+
+def inference_rows(key, make_ours, ours, ref, batch, args, fast_call):
+    import numpy as np
+
+    x = np.random.default_rng(0).uniform(0, 1, (batch, 224, 224, 3)).astype("float32")
+    x_ours = torch.from_numpy(x)
     x_timm = x_ours.permute(0, 3, 1, 2).contiguous()
     runners = {"timm": lambda: ref(x_timm), "ours": lambda: ours(x_ours, training=False)}
-    if keras_call:
-        def through_keras():
-            fast_call._TORCH = False
-            try:
-                ours(x_ours, training=False)
-            finally:
-                fast_call._TORCH = True
-        runners["ours, Keras __call__"] = through_keras
-    return runners
+    if args.keras_call:
+        runners["ours, Keras __call__"] = without_fast_call(runners["ours"], fast_call)
+    with torch.no_grad():
+        calls = max(1, int(0.3 / (block_ms(runners["ours"], 1) / 1e3)))
+        rows = rows_of(key, batch, alternate(runners, args.rounds, calls), "timm eager")
+    if args.compiled:
+        ours_c = make_ours()
+        ours_c.compile(jit_compile=True)
+        ref_c = torch.compile(ref, dynamic=False)
+        runners = {"timm": lambda: ref_c(x_timm),
+                   "ours, jit_compile=True": lambda: ours_c.predict_on_batch(x_ours)}
+        with torch.no_grad():
+            rows += rows_of(key, batch, alternate(runners, args.rounds, calls), "timm compiled")
+    return rows
 
 
-def train_rows(key, ours, ref, args, fast_call):
-    """Per-round ms of one training step, ours (and via Keras' __call__) against timm."""
+def train_rows(key, make_ours, ours, ref, args, fast_call):
+    """One training step at `args.train_batch`, ours against timm (eager, and compiled)."""
     import keras
     import numpy as np
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (args.train_batch, 224, 224, 3)).astype("float32")
     y = rng.integers(0, 1000, args.train_batch)
-    ours.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
     ref.train()
     optimizer = torch.optim.SGD(ref.parameters(), lr=0.01)
     x_timm = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     y_timm = torch.from_numpy(y)
 
-    def timm_step():
+    def timm_step(net):
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(ref(x_timm), y_timm).backward()
+        torch.nn.functional.cross_entropy(net(x_timm), y_timm).backward()
         optimizer.step()
 
-    def keras_step():
-        fast_call._TORCH = False
-        try:
-            ours.train_on_batch(x, y)
-        finally:
-            fast_call._TORCH = True
+    def compiled(model, jit_compile):
+        model.compile(optimizer=keras.optimizers.SGD(0.01),
+                      loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
+        return lambda: model.train_on_batch(x, y)
 
-    runners = {"timm": timm_step, "ours": lambda: ours.train_on_batch(x, y)}
+    batch = f"train {args.train_batch}"
+    runners = {"timm": lambda: timm_step(ref), "ours": compiled(ours, False)}
     if args.keras_call:
-        runners["ours, Keras __call__"] = keras_step
-    times = {name: [] for name in runners}
-    for run in runners.values():
-        run(), run()
-    for r in range(args.rounds):
-        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
-            times[name].append(block_ms(runners[name], 1))
+        runners["ours, Keras __call__"] = without_fast_call(runners["ours"], fast_call)
+    rows = rows_of(key, batch, alternate(runners, args.rounds, 1), "timm eager")
+    if args.compiled:
+        ref_c = torch.compile(ref, dynamic=False)
+        runners = {"timm": lambda: timm_step(ref_c),
+                   "ours, jit_compile=True": compiled(make_ours(), True)}
+        rows += rows_of(key, batch, alternate(runners, args.rounds, 1), "timm compiled")
     ref.eval()
-    rows = []
-    for name in runners:
-        if name == "timm":
-            continue
-        ratios = [a / b for a, b in zip(times[name], times["timm"])]
-        rows.append((key, f"train {args.train_batch}", name, statistics.median(times[name]),
-                     statistics.median(times["timm"]), statistics.median(ratios),
-                     min(ratios), max(ratios)))
-        print(f"{key} train b{args.train_batch} {name}: {rows[-1][3]:.1f} ms, timm "
-              f"{rows[-1][4]:.1f} ms, ratio {rows[-1][5]:.2f} ({rows[-1][6]:.2f}-{rows[-1][7]:.2f})",
-              flush=True)
     return rows
 
 
@@ -115,6 +153,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--keras-call", action="store_true")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also ours with jit_compile=True against timm through torch.compile")
     parser.add_argument("--train-batch", type=int, default=0,
                         help="also time one training step at this batch (SGD, cross-entropy): "
                         "ours through `train_on_batch`, timm forward + backward + step")
@@ -123,7 +163,6 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     import importlib
 
-    import numpy as np
     import timm
 
     from keras_mobilenets.layers import fast_call
@@ -131,40 +170,28 @@ def main(argv=None):
     rows = []
     for key in args.models.split(","):
         module, factory, variant, timm_name = MODELS[key]
-        ours = getattr(importlib.import_module(module), factory)(
-            variant, input_shape=(224, 224, 3), style="timm")
+
+        def make_ours(module=module, factory=factory, variant=variant):
+            return getattr(importlib.import_module(module), factory)(
+                variant, input_shape=(224, 224, 3), style="timm")
+
+        ours = make_ours()
         ref = timm.create_model(timm_name).eval()
         for batch in (int(b) for b in args.batch.split(",")):
-            x = np.random.default_rng(0).uniform(0, 1, (batch, 224, 224, 3)).astype("float32")
-            runners = make_runners(ours, ref, torch.from_numpy(x), args.keras_call, fast_call)
-            times = {name: [] for name in runners}
-            with torch.no_grad():
-                for run in runners.values():
-                    run(), run()
-                calls = max(1, int(0.3 / (block_ms(runners["ours"], 1) / 1e3)))
-                for r in range(args.rounds):
-                    for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
-                        times[name].append(block_ms(runners[name], calls))
-            for name in runners:
-                if name == "timm":
-                    continue
-                ratios = [a / b for a, b in zip(times[name], times["timm"])]
-                rows.append((key, batch, name, statistics.median(times[name]),
-                             statistics.median(times["timm"]), statistics.median(ratios),
-                             min(ratios), max(ratios)))
-                print(f"{key} b{batch} {name}: {rows[-1][3]:.2f} ms, timm {rows[-1][4]:.2f} ms, "
-                      f"ratio {rows[-1][5]:.2f} ({rows[-1][6]:.2f}-{rows[-1][7]:.2f})", flush=True)
+            rows += inference_rows(key, make_ours, ours, ref, batch, args, fast_call)
         if args.train_batch:
-            rows.extend(train_rows(key, ours, ref, args, fast_call))
+            rows += train_rows(key, make_ours, ours, ref, args, fast_call)
     lines = [
-        "# torch backend against timm eager (inference)", "",
+        "# torch backend against timm", "",
         f"Command: `python benchmarks/torch_overhead.py {' '.join(argv or sys.argv[1:])}`", "",
-        f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} alternating rounds; "
-        "median ms per call, ratio = median of per-round ratios (min-max), < 1: ours faster.", "",
-        "| model | batch | ours | ours ms | timm ms | ours / timm |", "|---|---:|---|---:|---:|---:|",
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} alternating rounds, "
+        "224x224 input for every model; median ms per call, ratio = median of per-round "
+        "ratios (min-max), < 1: ours faster.", "",
+        "| model | batch | ours | against | ours ms | timm ms | ours / timm |",
+        "|---|---:|---|---|---:|---:|---:|",
     ]
-    lines += [f"| {k} | {b} | {n} | {a:.2f} | {t:.2f} | **{r:.2f}** ({lo:.2f}-{hi:.2f}) |"
-              for k, b, n, a, t, r, lo, hi in rows]
+    lines += [f"| {k} | {b} | {n} | {a} | {o:.2f} | {t:.2f} | **{r:.2f}** ({lo:.2f}-{hi:.2f}) |"
+              for k, b, n, a, o, t, r, lo, hi in rows]
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
 

@@ -40,14 +40,18 @@ class Conv(FastCall, HostInitialized, Int8Kernel, SymmetricPadding, keras.layers
 
     @property
     def kernel(self):
-        return self._dequantize(super().kernel)
+        # Not `super().kernel`: torch.compile cannot trace a property reached
+        # through `super()` (a graph break at every convolution).
+        return self._dequantize(keras.layers.Conv2D.kernel.fget(self))
 
-    def convolution_op(self, inputs, kernel):
+    def convolution_op(self, inputs, kernel, bias=None):
+        """Convolve with `kernel`, adding `bias` (per output channel) if given."""
         if self.data_format != "channels_last" or self.groups != 1:
             if self.symmetric_padding:
                 raise ValueError("symmetric_padding needs channels_last data and groups=1.")
-            return super().convolution_op(inputs, kernel)
+            y = super().convolution_op(inputs, kernel)
+            return y if bias is None else y + bias
         return conv_nhwc(
             keras.ops.conv, inputs, kernel, self.strides, self.padding, self.dilation_rate,
-            pad=self.symmetric_padding,
+            pad=self.symmetric_padding, bias=bias,
         )

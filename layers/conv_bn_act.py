@@ -11,6 +11,10 @@ from .fast_call import FastCall, eager_torch_inference, kept
 from .normalization import check_norm, get_norm
 from .utils import check_padding, declare, torch_conv_nhwc, torch_conv_weight
 
+_TORCH = keras.backend.backend() == "torch"
+if _TORCH:
+    import torch
+
 _PACKAGE = "keras_mobilenets"
 
 
@@ -157,9 +161,12 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         `(x - mean) * a + beta`. Backpropagation then keeps only `x`, which
         the variance keeps anyway, where Keras keeps `x` and `x - mean`: one
         feature map less per unit (measured in `benchmarks/README.md`).
-        Exact up to float32 rounding.
+        Exact up to float32 rounding. On torch, float32, it is torch's own
+        `native_batch_norm` (`_torch_batch_norm_train`).
         """
         bn = self.bn
+        if _TORCH and x.dtype == torch.float32:
+            return self._torch_batch_norm_train(x)
         x32 = ops.cast(x, "float32")
         mean, variance = ops.moments(x32, axes=[0, 1, 2])
         m = bn.momentum
@@ -171,6 +178,26 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         b = ops.cast(bn.beta, "float32") - mean * a
         return ops.cast(x32 * a + b, x.dtype)
 
+    def _torch_batch_norm_train(self, x):
+        """Training-mode BatchNorm as torch's fused kernel, forward and
+        backward. Keras' ops compute it in several passes over the feature
+        map, each backward pass keeping its own full-size temporaries: a V2
+        training step took 1.2x timm's and more memory. torch's running
+        statistics use the unbiased variance; Keras' moving variance the
+        biased one, so the moving averages are updated here from the batch
+        mean and `1 / sqrt(var + eps)` the kernel returns."""
+        bn = self.bn
+        gamma = None if bn.gamma is None else bn.gamma.value
+        beta = None if bn.beta is None else bn.beta.value
+        y, mean, invstd = torch.native_batch_norm(
+            x.permute(0, 3, 1, 2), gamma, beta, None, None, True, 0.0, bn.epsilon)
+        with torch.no_grad():
+            variance = invstd.pow(-2) - bn.epsilon
+            m = bn.momentum
+            bn.moving_mean.assign(bn.moving_mean.value * m + mean * (1.0 - m))
+            bn.moving_variance.assign(bn.moving_variance.value * m + variance * (1.0 - m))
+        return y.permute(0, 2, 3, 1)
+
     def _folded_conv(self, x):
         """Convolution with the inference-mode BatchNorm folded into it.
 
@@ -180,8 +207,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         over the feature map (JAX fuses them either way). Exact up to float rounding, about 1e-6 of the output's scale.
         """
         kernel, shift = self._folded_weights(x)
-        y = self.conv.convolution_op(x, kernel)
-        return y + shift
+        return self.conv.convolution_op(x, kernel, bias=shift)
 
     def _folded_weights(self, x):
         """The BatchNorm-folded kernel and bias, in the dtype of `x`."""

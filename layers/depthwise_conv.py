@@ -151,16 +151,21 @@ class DepthwiseConv(
             shift = self.implementation == "shift"
         return shift and self.depth_multiplier == 1 and tuple(self.dilation_rate) == (1, 1)
 
-    def convolution_op(self, inputs, kernel):
-        """Depthwise-convolve channels-last `inputs` with `kernel` (no bias)."""
+    def convolution_op(self, inputs, kernel, bias=None):
+        """Depthwise-convolve channels-last `inputs` with `kernel`, adding
+        `bias` (per output channel) if given."""
         static = all(isinstance(d, int) for d in inputs.shape[1:3])
         if not self._use_shift() or (keras.backend.backend() == "jax" and not static):
             # JAX traces symbolic sizes when inferring output shapes; the conv
             # gives the same shape, and real calls always see static sizes.
             return conv_nhwc(
                 ops.depthwise_conv, inputs, kernel, self.strides, self.padding, self.dilation_rate,
-                pad=self.symmetric_padding,
+                pad=self.symmetric_padding, bias=bias,
             )
+        y = self._shift_convolution(inputs, kernel)
+        return y if bias is None else y + bias
+
+    def _shift_convolution(self, inputs, kernel):
         kh, kw = self.kernel_size
         sh, sw = self.strides
         x = inputs

@@ -172,6 +172,25 @@ def _relu_base():
     return ReLU
 
 
+def _rescaling_base():
+    """`keras.layers.Rescaling` that multiplies and adds in torch itself on a
+    float32 torch tensor. Keras' own call reaches its ops through a module
+    that switches backends by importing, which torch.compile cannot trace:
+    a graph break in front of the stem."""
+
+    class Rescaling(keras.layers.Rescaling):  # the class name is the saved one
+        def call(self, inputs):
+            if (_TORCH and isinstance(inputs, torch.Tensor) and inputs.dtype == torch.float32
+                    and self.compute_dtype == "float32"
+                    and keras.config.image_data_format() == "channels_last"):
+                scale = torch.as_tensor(self.scale, dtype=inputs.dtype, device=inputs.device)
+                offset = torch.as_tensor(self.offset, dtype=inputs.dtype, device=inputs.device)
+                return inputs * scale + offset
+            return super().call(inputs)
+
+    return Rescaling
+
+
 if _TORCH:
 
     class _ReLU6KeepingOutput(torch.autograd.Function):
@@ -208,7 +227,7 @@ GlobalAveragePooling2D = _with_nothing_to_quantize(keras.layers.GlobalAveragePoo
 GlobalMaxPooling2D = _with_nothing_to_quantize(keras.layers.GlobalMaxPooling2D)
 InputLayer = _with_nothing_to_quantize(keras.layers.InputLayer)
 ReLU = _with_nothing_to_quantize(_relu_base())
-Rescaling = _with_nothing_to_quantize(keras.layers.Rescaling)
+Rescaling = _with_nothing_to_quantize(_rescaling_base())
 
 
 def Input(shape, name=None):  # noqa: N802 (mirrors keras.Input)

@@ -84,7 +84,7 @@ class SymmetricPadding:
         return {**super().get_config(), "symmetric_padding": self.symmetric_padding}
 
 
-def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0):
+def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0, bias=None):
     """Apply `ops.conv` or `ops.depthwise_conv` to channels-last `inputs`,
     after zero-padding `pad` pixels on every side (with `padding="valid"`).
 
@@ -94,15 +94,18 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0)
     memory directly when it is handed as an NCHW view, so on torch the input
     goes in as a transposed view and the output comes back as one: no copies.
     There `pad` goes to the convolution itself (Keras' `ops.conv` takes no
-    explicit padding). Elsewhere this is the plain channels-last op.
+    explicit padding), and `bias` (per output channel) too: a separate add
+    made Inductor (torch.compile) write the feature map once more. Elsewhere
+    this is the plain channels-last op, plus `bias`.
     """
     if keras.backend.backend() != "torch":
         if pad:
             inputs = ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        return conv_op(inputs, kernel, data_format="channels_last", strides=strides,
-                       padding=padding, dilation_rate=dilation_rate)
+        y = conv_op(inputs, kernel, data_format="channels_last", strides=strides,
+                    padding=padding, dilation_rate=dilation_rate)
+        return y if bias is None else y + bias
     return _torch_conv_nhwc(conv_op is ops.depthwise_conv, inputs, kernel, strides, padding,
-                            dilation_rate, pad)
+                            dilation_rate, pad, bias)
 
 
 def same_pads(size, kernel, stride, dilation=1):
@@ -117,11 +120,12 @@ def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def _torch_conv_nhwc(depthwise, x, kernel, strides, padding, dilation_rate, pad):
+def _torch_conv_nhwc(depthwise, x, kernel, strides, padding, dilation_rate, pad, bias=None):
     """The convolution in torch itself, as Keras' `ops.conv` computes it but
     without its per-call work (argument checks, channels-last tests)."""
     weight = torch_conv_weight(ops.convert_to_tensor(kernel), depthwise)
-    return torch_conv_nhwc(ops.convert_to_tensor(x), weight, None, strides, padding,
+    bias = None if bias is None else ops.convert_to_tensor(bias)
+    return torch_conv_nhwc(ops.convert_to_tensor(x), weight, bias, strides, padding,
                            dilation_rate, pad)
 
 

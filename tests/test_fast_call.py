@@ -122,7 +122,10 @@ def test_torch_functions_compute_the_activation_layers():
 
     from keras_mobilenets.layers import quantization
     from keras_mobilenets.layers.activations import (
-        ACTIVATIONS, HardSigmoid, get_activation, torch_function,
+        ACTIVATIONS,
+        HardSigmoid,
+        get_activation,
+        torch_function,
     )
 
     x = torch.linspace(-8, 8, 3201).reshape(1, 1, -1, 1)
@@ -192,3 +195,18 @@ def test_kept_torch_weights_follow_weight_changes():
         after = forward()
         assert np.abs(after - before).max() > 1e-3
         np.testing.assert_allclose(after, expected(), atol=1e-5)
+
+
+def test_torch_compile_traces_the_model_whole():
+    """`jit_compile=True` on torch is torch.compile: one graph, no breaks
+    (a break in every convolution and in the input scaling once made it
+    recompile per layer and warn about the recompile limit), and the
+    output of the eager model."""
+    import torch
+
+    model = create_mobilenetv3("small", input_shape=(32, 32, 3), num_classes=3, style="timm")
+    x = torch.as_tensor(random_images(2, 32, 32))
+    with torch.no_grad():
+        eager = to_numpy(model(x, training=False))
+        compiled = torch.compile(lambda a: model(a, training=False), fullgraph=True)
+        np.testing.assert_allclose(to_numpy(compiled(x)), eager, rtol=1e-4, atol=1e-5)
