@@ -8,8 +8,9 @@ training step (ours `train_on_batch`, timm forward + cross-entropy + backward
 + SGD step). `--keras-call` also times ours with `layers.fast_call` switched
 off (every layer through Keras' own `__call__` and `keras.ops`), the state
 before that module. `--compiled` adds Keras' torch.compile route, ours
-compiled with `jit_compile=True` (`predict_on_batch`, `train_on_batch`)
-against timm's module through `torch.compile(dynamic=False)`.
+compiled with `jit_compile=True` (`predict_on_batch`, `train_on_batch`),
+and ours eager again, against timm's module through
+`torch.compile(dynamic=False)`.
 
     python benchmarks/torch_overhead.py --threads 1 --out benchmarks/torch_overhead.md
 """
@@ -99,11 +100,15 @@ def inference_rows(key, make_ours, ours, ref, batch, args, fast_call):
         calls = max(1, int(0.3 / (block_ms(runners["ours"], 1) / 1e3)))
         rows = rows_of(key, batch, alternate(runners, args.rounds, calls), "timm eager")
     if args.compiled:
+        # Fresh compile caches: torch.compile recompiles a function already
+        # compiled for other shapes (the last model's) with symbolic shapes.
+        torch._dynamo.reset()
         ours_c = make_ours()
         ours_c.compile(jit_compile=True)
         ref_c = torch.compile(ref, dynamic=False)
         runners = {"timm": lambda: ref_c(x_timm),
-                   "ours, jit_compile=True": lambda: ours_c.predict_on_batch(x_ours)}
+                   "ours, jit_compile=True": lambda: ours_c.predict_on_batch(x_ours),
+                   "ours": runners["ours"]}
         with torch.no_grad():
             rows += rows_of(key, batch, alternate(runners, args.rounds, calls), "timm compiled")
     return rows
@@ -138,10 +143,18 @@ def train_rows(key, make_ours, ours, ref, args, fast_call):
         runners["ours, Keras __call__"] = without_fast_call(runners["ours"], fast_call)
     rows = rows_of(key, batch, alternate(runners, args.rounds, 1), "timm eager")
     if args.compiled:
+        torch._dynamo.reset()
         ref_c = torch.compile(ref, dynamic=False)
         runners = {"timm": lambda: timm_step(ref_c),
-                   "ours, jit_compile=True": compiled(make_ours(), True)}
-        rows += rows_of(key, batch, alternate(runners, args.rounds, 1), "timm compiled")
+                   "ours, jit_compile=True": compiled(make_ours(), True),
+                   "ours": runners["ours"]}
+        try:
+            rows += rows_of(key, batch, alternate(runners, args.rounds, 1), "timm compiled")
+        except Exception as error:  # an Inductor failure: report it, go on with the next model
+            message = str(error).strip().splitlines()[0][:120]
+            print(f"{key} {batch} compiled: failed: {message}", flush=True)
+            rows.append((key, batch, f"ours, jit_compile=True: failed ({message})",
+                         "timm compiled") + (float("nan"),) * 5)
     ref.eval()
     return rows
 

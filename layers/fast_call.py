@@ -13,6 +13,13 @@ float32 layer (no autocast, no quantized or rematerialised call), no outer
 autocast scope. `training`, when the layer takes it and is not given it, is
 taken from the enclosing Keras call, as `__call__` would. Anything else goes
 through Keras' `__call__`.
+
+Two more pieces for eager inference on torch (`eager_torch_inference`):
+the convolution layers keep their torch-layout (BatchNorm-folded) weights
+between calls (`kept`) and call torch directly, and `FastFunctional`, the
+model class the factories build, skips Keras' `__call__` for the model
+itself as well. Under torch.compile the plain `keras.ops` route is traced
+(no cache in the graph), as one graph.
 """
 
 import keras
