@@ -142,7 +142,8 @@ class ConvBnAct(FastCall, keras.layers.Layer):
             x = self.bn(self.conv(x))
         elif training and self.bn.trainable:
             x = self._batch_norm_train(self.conv(x))
-        elif self.conv.quantization_mode is None and eager_torch_inference(x):
+        elif (self.conv.quantization_mode is None and self.conv.data_format == "channels_last"
+              and eager_torch_inference(x)):
             return self._torch_inference(x)
         else:
             x = self._folded_conv(x)
@@ -181,8 +182,8 @@ class ConvBnAct(FastCall, keras.layers.Layer):
     def _torch_batch_norm_train(self, x):
         """Training-mode BatchNorm as torch's fused kernel, forward and
         backward. Keras' ops compute it in several passes over the feature
-        map, each backward pass keeping its own full-size temporaries: a V2
-        training step took 1.2x timm's and more memory. torch's running
+        map, each backward pass keeping its own full-size temporaries (time
+        and memory measured in `benchmarks/README.md`). torch's running
         statistics use the unbiased variance; Keras' moving variance the
         biased one, so the moving averages are updated here from the batch
         mean and `1 / sqrt(var + eps)` the kernel returns."""
@@ -226,8 +227,8 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         """Eager inference on torch: the folded convolution with its bias and
         the activation, each one torch call. The folded kernel, in the layout
         torch convolves fastest, is kept until a weight changes
-        (`layers.fast_call.kept`); recomputing it with `keras.ops` on every
-        call took about a third of a batch-1 forward pass of V3 small."""
+        (`layers.fast_call.kept`): recomputing it with small `keras.ops`
+        calls on every call was a large part of a batch-1 forward pass."""
 
         def plan():
             kernel, shift = self._folded_weights(x)

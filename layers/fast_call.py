@@ -94,14 +94,14 @@ def kept(layer, name, make):
 @keras.saving.register_keras_serializable(package="keras_mobilenets")
 class FastFunctional(FastCall, Functional):
     """The functional model the factories return: a `keras.Model` whose own
-    call also skips Keras' `__call__` in eager inference on torch (about 0.8
-    ms of a 5 ms batch-1 forward pass of V3 small: call context, input
-    conversion, clearing the losses of every nested layer), and while
-    torch.compile traces it (Keras' `__call__` reads attributes of every
-    nested layer, and torch.compile checks each of them again before every
-    call: about 2,600 of its 14,000 checks on V3 small). The input is still
-    checked against the model's input spec first; every other call, eager
-    training included, goes through Keras."""
+    call also skips Keras' `__call__` in eager inference on torch (call
+    context, input conversion, clearing the losses of every nested layer:
+    work repeated on every eager call), and while torch.compile traces it
+    (Keras' `__call__` reads attributes of every nested layer, and
+    torch.compile checks each of them again before every call). The input
+    is still checked against the model's input spec first; every other
+    call, eager training included, goes through Keras. Measured in
+    `benchmarks/README.md` (torch backend against timm)."""
 
     def __call__(self, *args, **kwargs):
         if (args and kwargs.get("mask") is None

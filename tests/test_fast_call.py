@@ -70,6 +70,17 @@ def test_training_mode_comes_from_the_enclosing_call(monkeypatch):
     np.testing.assert_allclose(fast_out, slow_out, rtol=1e-5, atol=1e-6)
 
 
+def assert_each_change_shows(forward, expected, changes, atol):
+    """After each weight change the next `forward()` differs from the one
+    before and equals `expected()`: nothing stale is kept."""
+    for change in changes:
+        before = forward()
+        change()
+        after = forward()
+        assert np.abs(after - before).max() > 1e-3
+        np.testing.assert_allclose(after, expected(), atol=atol)
+
+
 def test_folded_weights_follow_every_weight_change():
     # Without autograd recording, torch keeps a block's BatchNorm-folded
     # kernel between calls; any change of a weight must show in the next call.
@@ -108,12 +119,7 @@ def test_folded_weights_follow_every_weight_change():
                                         rng.normal(size=6).astype("float32")]),
         lambda: layer.bn.moving_mean.assign_add(np.ones(6, "float32")),
     ]
-    for change in changes:
-        before = forward()
-        change()
-        after = forward()
-        assert np.abs(after - before).max() > 1e-3
-        np.testing.assert_allclose(after, expected(), atol=1e-4)
+    assert_each_change_shows(forward, expected, changes, atol=1e-4)
 
 
 def test_torch_functions_compute_the_activation_layers():
@@ -188,13 +194,9 @@ def test_kept_torch_weights_follow_weight_changes():
         return x @ kernel[0, 0] + bias
 
     np.testing.assert_allclose(forward(), expected(), atol=1e-5)
-    for change in [lambda: layer.bias.assign(rng.normal(size=3).astype("float32")),
-                   lambda: layer.kernel.assign(rng.normal(size=(1, 1, 4, 3)).astype("float32"))]:
-        before = forward()
-        change()
-        after = forward()
-        assert np.abs(after - before).max() > 1e-3
-        np.testing.assert_allclose(after, expected(), atol=1e-5)
+    changes = [lambda: layer.bias.assign(rng.normal(size=3).astype("float32")),
+               lambda: layer.kernel.assign(rng.normal(size=(1, 1, 4, 3)).astype("float32"))]
+    assert_each_change_shows(forward, expected, changes, atol=1e-5)
 
 
 def test_torch_compile_traces_the_model_whole():
