@@ -109,3 +109,17 @@ class FastFunctional(FastCall, Functional):
             self._assert_input_compatibility(args[0])
             return super().__call__(*args, **kwargs)
         return Functional.__call__(self, *args, **kwargs)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """`keras.Model.export`, with hard-swish and hard-sigmoid written as
+        single `HardSwish` / `HardSigmoid` nodes in ONNX files: tf2onnx
+        writes each as a chain of 3-4 nodes that onnxruntime runs one by one
+        (see `export_graph`)."""
+        result = super().export(filepath, format=format, verbose=verbose,
+                                input_signature=input_signature, **kwargs)
+        if format == "onnx":
+            from .export_graph import fuse_hard_activations_in_file
+
+            fuse_hard_activations_in_file(str(filepath))
+        return result

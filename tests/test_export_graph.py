@@ -1,0 +1,107 @@
+"""The ONNX rewrite of `layers.export_graph` on hand-written graphs.
+
+Each graph computes a hard-swish or hard-sigmoid the way converters write
+them (tf2onnx: Add, Clip, Mul, Mul; others: Relu or Max then Min, Div by 6),
+plus near misses that must stay as they are. onnxruntime runs the graph
+before and after the rewrite on inputs around the kinks at -3 and 3.
+"""
+
+import numpy as np
+import pytest
+
+from keras_mobilenets.layers.export_graph import fuse_hard_activations
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+def const(name, value):
+    return numpy_helper.from_array(np.array(value, "float32"), name)
+
+
+def clamp_nodes(kind, src, dst):
+    if kind == "clip":
+        return [helper.make_node("Clip", [src, "zero", "six"], [dst])]
+    if kind == "relu_min":
+        return [helper.make_node("Relu", [src], [dst + "_r"]),
+                helper.make_node("Min", [dst + "_r", "six"], [dst])]
+    if kind == "max_min":
+        return [helper.make_node("Max", ["zero", src], [dst + "_r"]),
+                helper.make_node("Min", [dst + "_r", "six"], [dst])]
+    raise ValueError(kind)
+
+
+def build(kind="clip", divide=False, swish=True, opset=15, three=3.0, high=6.0, extra_use=False):
+    """`x -> Conv(1x1) -> hard_sigmoid/hard_swish -> y` (the Conv makes x a computed tensor)."""
+    nodes = [helper.make_node("Conv", ["input", "w"], ["x"]),
+             helper.make_node("Add", ["x", "three"], ["shifted"])]
+    nodes += clamp_nodes(kind, "shifted", "clamped")
+    if divide:
+        nodes.append(helper.make_node("Div", ["clamped", "six"], ["gate"]))
+    else:
+        nodes.append(helper.make_node("Mul", ["sixth", "clamped"], ["gate"]))
+    outputs = ["y"]
+    nodes.append(helper.make_node("Mul", ["x", "gate"] if swish else ["gate", "gate"], ["y"]))
+    if extra_use:  # the gate read twice: must not become HardSwish
+        nodes.append(helper.make_node("Identity", ["gate"], ["gate_copy"]))
+        outputs.append("gate_copy")
+    consts = [const("w", np.random.default_rng(0).normal(size=(4, 4, 1, 1))), const("three", three),
+              const("zero", 0.0), const("six", high), const("sixth", 1.0 / 6.0)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 4, 5, 5])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [2, 4, 5, 5]) for o in outputs], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})
+
+
+def images():
+    rng = np.random.default_rng(1)
+    return np.concatenate([rng.uniform(-4, 4, (1, 4, 5, 5)), rng.normal(0, 3, (1, 4, 5, 5))]).astype("float32")
+
+
+@pytest.mark.parametrize("kind", ["clip", "relu_min", "max_min"])
+@pytest.mark.parametrize("divide", [False, True])
+@pytest.mark.parametrize("swish", [True, False])
+def test_chains_become_one_node_with_the_same_values(kind, divide, swish):
+    model, x = build(kind, divide, swish), images()
+    expected = run(model, x)
+    read = {name for node in model.graph.node for name in node.input}
+    unread = {i.name for i in model.graph.initializer} - read
+    counts = fuse_hard_activations(model)
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    if swish:
+        assert counts == {"HardSigmoid": 0, "HardSwish": 1} and ops == ["Conv", "HardSwish"], ops
+    else:  # gate * gate: the hard-sigmoid alone
+        assert counts == {"HardSigmoid": 1, "HardSwish": 0}, counts
+        assert ops == ["Conv", "HardSigmoid", "Mul"], ops
+    # the constants only the chain read are gone
+    assert {i.name for i in model.graph.initializer} == {"w"} | unread
+    np.testing.assert_allclose(run(model, x)[0], expected[0], rtol=1e-6, atol=1e-6)
+
+
+def test_hard_swish_needs_opset_14():
+    model = build(opset=13)
+    assert fuse_hard_activations(model) == {"HardSigmoid": 1, "HardSwish": 0}
+    assert [n.op_type for n in model.graph.node] == ["Conv", "HardSigmoid", "Mul"]
+
+
+def test_a_gate_read_twice_keeps_its_output():
+    model, x = build(extra_use=True), images()
+    expected = run(model, x)
+    assert fuse_hard_activations(model) == {"HardSigmoid": 1, "HardSwish": 0}
+    for got, want in zip(run(model, x), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("changes", [{"three": 2.0}, {"high": 5.0}])
+def test_other_constants_are_left_alone(changes):
+    model = build(**changes)
+    before = [n.op_type for n in model.graph.node]
+    assert fuse_hard_activations(model) == {"HardSigmoid": 0, "HardSwish": 0}
+    assert [n.op_type for n in model.graph.node] == before
