@@ -1,7 +1,6 @@
 """The results of `keras-mobilenets train`: exports checked against Keras,
 curves, confusion matrix, report and files written whole."""
 
-import contextlib
 import os
 import time
 
@@ -27,35 +26,7 @@ def write_text(path, text):
 # ---------------------------------------------------------------------- run dir
 
 
-@contextlib.contextmanager
-def depthwise_as_conv(model, enabled=True):
-    """Export `layers.DepthwiseConv` as a depthwise convolution.
-
-    On JAX it runs as shifted sums by default (fast on XLA CPU); that graph is
-    ~9x more equations, which jax2onnx lowers in quadratic time (minutes for
-    the V4 hybrids) and ONNX runtimes run slower than their depthwise kernel.
-    """
-    from keras_mobilenets.weights.assign import leaf_layers
-
-    switched = [
-        layer
-        for _, layer in leaf_layers(model)
-        if enabled and getattr(layer, "implementation", None) in ("auto", "shift")
-    ]
-    before = [layer.implementation for layer in switched]
-    for layer in switched:
-        layer.implementation = "conv"
-    try:
-        yield
-    finally:
-        for layer, implementation in zip(switched, before):
-            layer.implementation = implementation
-
-
 def export_model(model, fmt, path, representative):
-    import keras
-
-    backend = keras.backend.backend()
     if fmt == "keras_int8":
         # A copy, so that later exports see the float model.
         copy = model.__class__.from_config(model.get_config())
@@ -82,9 +53,8 @@ def export_model(model, fmt, path, representative):
         with open(path, "wb") as f:
             f.write(data)
     else:
-        with depthwise_as_conv(model, enabled=backend == "jax"):
-            model(representative[:1])  # jax2onnx needs a model that was called
-            model.export(path, format="onnx", verbose=False)
+        model(representative[:1])  # jax2onnx needs a model that was called
+        model.export(path, format="onnx", verbose=False)
     return path
 
 

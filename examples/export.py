@@ -177,16 +177,10 @@ def calibrate_batchnorm(model, x, seed=0):
 
 def export(model, fmt, path, representative=None):
     """Write one artifact with `model.export` (or the TFLite converter for int8)."""
-    from keras_mobilenets.train_report import depthwise_as_conv, export_model
+    from keras_mobilenets.train_report import export_model
 
     if fmt in ("litert", "litert_int8"):
         export_model(model, fmt, path, representative)
-    elif fmt == "onnx":
-        import keras
-
-        jax = keras.backend.backend() == "jax"
-        with depthwise_as_conv(model, enabled=jax):
-            model.export(path, format="onnx", verbose=False)
     else:
         model.export(path, format=fmt, verbose=False)
     return path

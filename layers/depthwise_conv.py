@@ -1,5 +1,7 @@
 """Depthwise convolution with a shift-and-add formulation for XLA on CPU."""
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -202,3 +204,25 @@ class DepthwiseConv(
         config = super().get_config()
         config.update(implementation=self.implementation)
         return config
+
+
+@contextlib.contextmanager
+def depthwise_as_conv(model, enabled=True):
+    """Run every `DepthwiseConv` of `model` as a depthwise convolution inside
+    the block (exporting): on JAX it runs as shifted sums by default (fast on
+    XLA CPU), a graph of ~9x more equations, which jax2onnx lowers in
+    quadratic time (minutes for the V4 hybrids) and which ONNX runtimes run
+    slower than their depthwise kernel. `FastFunctional.export` uses it for
+    ONNX from JAX."""
+    switched = [
+        layer for layer in model._flatten_layers(include_self=False, recursive=True)
+        if enabled and isinstance(layer, DepthwiseConv) and layer.implementation in ("auto", "shift")
+    ]
+    before = [layer.implementation for layer in switched]
+    for layer in switched:
+        layer.implementation = "conv"
+    try:
+        yield
+    finally:
+        for layer, implementation in zip(switched, before):
+            layer.implementation = implementation

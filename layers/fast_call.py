@@ -113,11 +113,15 @@ class FastFunctional(FastCall, Functional):
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
                **kwargs):
         """`keras.Model.export`, with hard-swish and hard-sigmoid written as
-        single `HardSwish` / `HardSigmoid` nodes in ONNX files: tf2onnx
-        writes each as a chain of 3-4 nodes that onnxruntime runs one by one
-        (see `export_graph`)."""
-        result = super().export(filepath, format=format, verbose=verbose,
-                                input_signature=input_signature, **kwargs)
+        single `HardSwish` / `HardSigmoid` nodes in ONNX files (tf2onnx
+        writes each as a chain of 3-4 nodes that onnxruntime runs one by one;
+        see `export_graph`), and on JAX the depthwise convolutions exported
+        as such (`depthwise_as_conv`)."""
+        from .depthwise_conv import depthwise_as_conv
+
+        with depthwise_as_conv(self, enabled=format == "onnx" and keras.backend.backend() == "jax"):
+            result = super().export(filepath, format=format, verbose=verbose,
+                                    input_signature=input_signature, **kwargs)
         if format == "onnx":
             from .export_graph import fuse_hard_activations_in_file
 

@@ -42,7 +42,6 @@ import numpy as np
 import pytest
 from conftest import BACKEND, max_abs_diff, to_numpy
 
-from keras_mobilenets.train_report import depthwise_as_conv
 from keras_mobilenets.weights.assign import leaf_layers
 from mobilenet_v1 import create_mobilenetv1
 from mobilenet_v3 import create_mobilenetv3
@@ -114,7 +113,7 @@ def load_example():
 
 
 # The example script's helpers serve the tests too: `forward` (jit-compiled on
-# JAX) and the BatchNorm calibration; `depthwise_as_conv` (JAX -> ONNX) is the library's.
+# JAX) and the BatchNorm calibration.
 EXAMPLE = load_example()
 forward = EXAMPLE.forward
 
@@ -168,8 +167,7 @@ def artifacts(tmp_path_factory):
                 # Keras allows SELECT_TF_OPS (Flex) by default; deployment wants
                 # builtins only, so the conversion itself fails on any other op.
                 kwargs["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
-            with depthwise_as_conv(model, enabled=BACKEND == "jax" and fmt == "onnx"):
-                model.export(path, format=fmt, verbose=False, **kwargs)
+            model.export(path, format=fmt, verbose=False, **kwargs)
             cache[name, fmt] = path
         return cache[name, fmt]
 
@@ -306,15 +304,20 @@ if BACKEND == "torch":
 
 # tf2onnx writes hard-swish as Add, Clip, Mul, Mul and hard-sigmoid as three
 # nodes, which onnxruntime runs one by one (V3 from TensorFlow ran 1.2-1.4x
-# slower than the same weights from torch); `model.export` writes single nodes.
-def test_onnx_hard_activations_are_single_nodes(artifacts):
+# slower than the same weights from torch); on JAX the depthwise convolutions
+# run as shifted sums by default, which jax2onnx would write as ~9x the nodes.
+# `model.export` writes one node for each.
+def test_onnx_activations_and_depthwise_convolutions_are_single_nodes(artifacts):
     onnx = pytest.importorskip("onnx")
     graph = onnx.load(artifacts("v3_small", "onnx"), load_external_data=False).graph
     ops = [node.op_type for node in graph.node]
     # V3 small: 19 hard-swish, 9 SE gates (the head's hard-swish follows a Dense)
     assert ops.count("HardSwish") >= 19 and ops.count("HardSigmoid") >= 9, sorted(set(ops))
     assert "Clip" not in ops and "Min" not in ops, sorted(set(ops))
-
+    depthwise = [node for node in graph.node if node.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in node.attribute)]
+    assert len(depthwise) == 11, len(depthwise)  # one per block
+    assert ops.count("Slice") == 0, ops.count("Slice")
 
 # --- 2. int8 LiteRT -----------------------------------------------------------
 
