@@ -24,6 +24,13 @@ from keras import ops
 
 BACKEND = keras.backend.backend()
 
+
+def run_once(why):
+    """Mark a test of backend-neutral code to run on torch only, where models
+    build fastest (suite time); `why` names where the backend-dependent part
+    is tested on every backend."""
+    return pytest.mark.skipif(BACKEND != "torch", reason=f"backend-neutral, run once (torch): {why}")
+
 if BACKEND == "jax":
     from keras_mobilenets.layers.initializers import on_host
 

@@ -93,8 +93,12 @@ EXTENSIONS = {"litert": ".tflite", "tf_saved_model": "", "onnx": ".onnx"}
 # and depthwise convolutions, inverted residuals, SE and hard-swish, UIB,
 # attention): a conversion costs 4-25 s per model here. V2 and V3 large add no
 # op of their own; benchmarks/export_latency.py exports and checks all seven.
-# jax2onnx is the slowest converter (15-21 s per model): the two richest.
-SUBSETS = {("jax", "onnx"): ("v3_small", "v4_hybrid_medium")}
+# jax2onnx is the slowest converter (15-21 s per model): the two richest, as
+# for the TensorFlow routes other than LiteRT (suite time; V1's and V4
+# conv_small's layers are in those two).
+RICHEST = ("v3_small", "v4_hybrid_medium")
+SUBSETS = {("jax", "onnx"): RICHEST, ("tensorflow", "onnx"): RICHEST,
+           ("tensorflow", "tf_saved_model"): RICHEST}
 
 
 def export_cases():
@@ -317,7 +321,8 @@ def test_onnx_activations_and_depthwise_convolutions_are_single_nodes(artifacts)
     depthwise = [node for node in graph.node if node.op_type == "Conv"
                  and any(a.name == "group" and a.i > 1 for a in node.attribute)]
     assert len(depthwise) == 11, len(depthwise)  # one per block
-    assert ops.count("Slice") == 0, ops.count("Slice")
+    # the shifted sums would be one Slice per tap: >= 99 (torch's export has 5 of its own)
+    assert ops.count("Slice") <= 5, ops.count("Slice")
 
 # --- 2. int8 LiteRT -----------------------------------------------------------
 
@@ -395,7 +400,8 @@ if BACKEND == "tensorflow":
 
     # On a trained model (the example dataset, sklearn digits) the int8 model
     # must keep the float model's decisions: 1.000 (V3 small) and 0.997
-    # (V4 conv_small) after 5 epochs in the dev run. Three epochs here, V3
+    # (V4 conv_small) after 5 epochs in the dev run; after 2 epochs (V3 small,
+    # seed 0) float 0.942, int8 0.931, agreement 0.989. Two epochs here, V3
     # small only (suite time; V4's int8 conversion is in test_int8_litert).
     DIGITS_MIN_TOP1 = 0.95
     DIGITS_MIN_ACCURACY = 0.8
@@ -408,7 +414,7 @@ if BACKEND == "tensorflow":
         )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        result = module.main(["--model", name, "--epochs", "3", "--calibration-images", "64",
+        result = module.main(["--model", name, "--epochs", "2", "--calibration-images", "64",
                               "--out", str(tmp_path)])
         assert result["validation_images"] == 360
         assert result["float_accuracy"] >= DIGITS_MIN_ACCURACY

@@ -67,8 +67,9 @@ def check_quantized(model, before):
             keras.ops.convert_to_numpy(layer.kernel), dequantized(layer), rtol=1e-6)
 
 
-# V3, V4 and V5: together they hold every layer type of V1 and V2 too.
-@pytest.mark.parametrize("version", ["v3", "v4", "v5"])
+# V3 and V5: together they hold every layer type of V1, V2 and V4 too (V5's
+# stages are V4's Fused and UIB blocks and Mobile MQA).
+@pytest.mark.parametrize("version", ["v3", "v5"])
 def test_whole_model_quantizes_without_warnings_and_round_trips(version, tmp_path):
     size = 64
     if version == "v5":

@@ -4,6 +4,7 @@ import os
 import re
 
 import pytest
+from conftest import run_once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,6 +18,7 @@ def test_readme_has_examples():
     assert len(readme_blocks()) >= 3
 
 
+@run_once("the factories and `fit` run on every backend in test_models.py")
 def test_quick_start_runs():
     block = next(b for b in readme_blocks() if "create_mobilenetv1(variant=\"0.5\"" in b)
     namespace = {}

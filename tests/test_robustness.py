@@ -4,7 +4,7 @@ reproducible initialisation. (Bad arguments are in test_errors.py.)"""
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+from conftest import run_once, to_numpy
 
 from keras_mobilenets.weights import load_file
 from mobilenet_v1 import create_mobilenetv1
@@ -45,6 +45,8 @@ def bad_files(tmp_path_factory):
     return {k: (str(p), e, m) for k, (p, e, m) in files.items()}
 
 
+@run_once("the files are refused while read, before any weight is assigned; assigning and "
+          "refusing on each backend is the test below")
 @pytest.mark.parametrize("version", list(SMALL))
 @pytest.mark.parametrize("case", ["missing", "empty", "text", "unknown_suffix", "truncated"])
 def test_factory_rejects_bad_weight_file(version, case, bad_files):

@@ -17,6 +17,7 @@ from conftest import (
     calibrated_timm_model,
     infer,
     random_images,
+    run_once,
     timm_forward,
 )
 
@@ -53,6 +54,8 @@ def trainable_count(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
+@run_once("counts are the same layer code on every backend; the logit tests below load "
+          "timm's weights shape by shape on each")
 @pytest.mark.parametrize("timm_name", list(ROWS) + list(COUNT_ONLY))
 def test_trainable_count_equals_timm(timm_name):
     factory, variant, expected = {**ROWS, **COUNT_ONLY}[timm_name]
