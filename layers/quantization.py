@@ -172,6 +172,24 @@ def _relu_base():
     return ReLU
 
 
+def _batch_norm_base():
+    """`keras.layers.BatchNormalization` whose reduction axes are a tuple.
+
+    Keras keeps them in a list, which the layer's attribute tracking turns
+    into a `TrackedList`; torch.compile cannot pass that to `torch.mean`, so
+    each training-mode BatchNorm outside `ConvBnAct` (V4's head) broke the
+    graph, and the frames resumed after such breaks were recompiled with
+    symbolic shapes, on which Inductor failed for V4 conv_small.
+    """
+
+    class BatchNormalization(keras.layers.BatchNormalization):  # the class name is the saved one
+        def build(self, input_shape):
+            super().build(input_shape)
+            self._reduction_axes = tuple(self._reduction_axes)
+
+    return BatchNormalization
+
+
 def _rescaling_base():
     """`keras.layers.Rescaling` that multiplies and adds in torch itself on a
     float32 torch tensor. Keras' own call reaches its ops through a module
@@ -221,7 +239,7 @@ def _with_nothing_to_quantize(base):
 
 Activation = _with_nothing_to_quantize(keras.layers.Activation)
 AveragePooling2D = _with_nothing_to_quantize(keras.layers.AveragePooling2D)
-BatchNormalization = _with_nothing_to_quantize(keras.layers.BatchNormalization)
+BatchNormalization = _with_nothing_to_quantize(_batch_norm_base())
 Dropout = _with_nothing_to_quantize(keras.layers.Dropout)
 GlobalAveragePooling2D = _with_nothing_to_quantize(keras.layers.GlobalAveragePooling2D)
 GlobalMaxPooling2D = _with_nothing_to_quantize(keras.layers.GlobalMaxPooling2D)

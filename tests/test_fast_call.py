@@ -212,3 +212,24 @@ def test_torch_compile_traces_the_model_whole():
         eager = to_numpy(model(x, training=False))
         compiled = torch.compile(lambda a: model(a, training=False), fullgraph=True)
         np.testing.assert_allclose(to_numpy(compiled(x)), eager, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_traces_a_training_batch_norm_whole():
+    """A BatchNorm outside `ConvBnAct` (V4's head), training under
+    torch.compile: one graph with the moving averages updated as in eager
+    mode (Keras' list of reduction axes broke the graph there, and the
+    frames resumed after the break failed in Inductor with symbolic shapes)."""
+    import torch
+
+    from keras_mobilenets.layers.quantization import BatchNormalization
+
+    x = torch.as_tensor(random_images(4, 3, 3))
+    layers = [BatchNormalization(momentum=0.5) for _ in range(2)]
+    for bn in layers:
+        bn.build(x.shape)
+    eager = to_numpy(layers[0](x, training=True))
+    compiled = torch.compile(lambda a: layers[1](a, training=True), fullgraph=True)
+    np.testing.assert_allclose(to_numpy(compiled(x)), eager, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layers[1].moving_mean), to_numpy(layers[0].moving_mean),
+                               rtol=1e-6, atol=1e-6)
+    assert np.abs(to_numpy(layers[1].moving_mean)).max() > 1e-3  # it did update
