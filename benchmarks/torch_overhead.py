@@ -126,6 +126,9 @@ def train_rows(key, make_ours, ours, ref, args, fast_call):
     optimizer = torch.optim.SGD(ref.parameters(), lr=0.01)
     x_timm = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     y_timm = torch.from_numpy(y)
+    # torch tensors, as `fit`'s data adapter passes them: numpy arrays break
+    # torch.compile's graph at Keras' input conversion in every step.
+    x_ours, y_ours = torch.from_numpy(x), torch.from_numpy(y)
 
     def timm_step(net):
         optimizer.zero_grad()
@@ -135,7 +138,7 @@ def train_rows(key, make_ours, ours, ref, args, fast_call):
     def compiled(model, jit_compile):
         model.compile(optimizer=keras.optimizers.SGD(0.01),
                       loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
-        return lambda: model.train_on_batch(x, y)
+        return lambda: model.train_on_batch(x_ours, y_ours)
 
     batch = f"train {args.train_batch}"
     runners = {"timm": lambda: timm_step(ref), "ours": compiled(ours, False)}
@@ -162,7 +165,7 @@ def train_rows(key, make_ours, ours, ref, args, fast_call):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--batch", default="1,32")
+    parser.add_argument("--batch", default="1,32", help="inference batches; empty: none")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--keras-call", action="store_true")
@@ -190,7 +193,7 @@ def main(argv=None):
 
         ours = make_ours()
         ref = timm.create_model(timm_name).eval()
-        for batch in (int(b) for b in args.batch.split(",")):
+        for batch in (int(b) for b in args.batch.split(",") if b):
             rows += inference_rows(key, make_ours, ours, ref, batch, args, fast_call)
         if args.train_batch:
             rows += train_rows(key, make_ours, ours, ref, args, fast_call)
