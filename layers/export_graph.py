@@ -102,10 +102,9 @@ def fuse_hard_activations(model):
         return None
 
     replaced = {}  # id(first node of a chain) -> (new node, chain)
-    done = set()
     counts = {"HardSigmoid": 0, "HardSwish": 0}
     for add in graph.node:
-        if add.op_type != "Add" or id(add) in done:
+        if add.op_type != "Add":
             continue
         x = _other_input(add, values, 3.0)
         if x is None:
@@ -130,7 +129,6 @@ def fuse_hard_activations(model):
             new = helper.make_node("HardSigmoid", [x], [gate], name=f"{add.name}/hard_sigmoid",
                                    alpha=SIXTH, beta=0.5)
         counts[new.op_type] += 1
-        done.update(id(n) for n in chain)
         replaced[id(add)] = (new, chain)
 
     if replaced:
@@ -160,12 +158,17 @@ def _drop_unused(graph, candidates):
 
 
 def fuse_hard_activations_in_file(path):
-    """`fuse_hard_activations` on the ONNX file at `path` (weights stored beside it stay there)."""
+    """`fuse_hard_activations` on the ONNX file at `path` (weights stored
+    beside it stay there). Written whole: an interrupted rewrite leaves the
+    exported file as it was."""
+    import os
+
     import onnx
 
     model = onnx.load(path, load_external_data=False)
     counts = fuse_hard_activations(model)
     if any(counts.values()):
-        onnx.save(model, path)
+        partial = path + ".partial"
+        onnx.save(model, partial)
+        os.replace(partial, path)
     return counts
-

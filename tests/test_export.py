@@ -305,7 +305,6 @@ if BACKEND == "torch":
         assert padded  # the stride-2 and stride-1 k > 1 convolutions
 
 
-
 # tf2onnx writes hard-swish as Add, Clip, Mul, Mul and hard-sigmoid as three
 # nodes, which onnxruntime runs one by one (V3 from TensorFlow ran 1.2-1.4x
 # slower than the same weights from torch); on JAX the depthwise convolutions
@@ -323,6 +322,7 @@ def test_onnx_activations_and_depthwise_convolutions_are_single_nodes(artifacts)
     assert len(depthwise) == 11, len(depthwise)  # one per block
     # the shifted sums would be one Slice per tap: >= 99 (torch's export has 5 of its own)
     assert ops.count("Slice") <= 5, ops.count("Slice")
+
 
 # --- 2. int8 LiteRT -----------------------------------------------------------
 
