@@ -31,6 +31,12 @@ def run_once(why):
     is tested on every backend."""
     return pytest.mark.skipif(BACKEND != "torch", reason=f"backend-neutral, run once (torch): {why}")
 
+
+# Parameter counts: the same layer code builds the same weight shapes on every
+# backend, and every backend's logit tests load reference weights shape by shape.
+COUNTED_ONCE = run_once("weight shapes are the same layer code on every backend, whose logit "
+                        "tests load reference weights shape by shape")
+
 if BACKEND == "jax":
     from keras_mobilenets.layers.initializers import on_host
 

@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 from conftest import (
+    COUNTED_ONCE,
     assert_matches_reference,
     calibrated_timm_model,
     infer,
     random_images,
     randomize_keras_model,
-    run_once,
     timm_forward,
 )
 
@@ -25,8 +25,7 @@ TIMM_SIZE = 96
 # variant) are checked for every version in test_models.py (harness.FAMILIES).
 
 
-@run_once("counts are the same layer code on every backend; the logit tests below load "
-          "keras.applications' weights shape by shape on each")
+@COUNTED_ONCE
 @pytest.mark.parametrize("alpha", [0.75, 0.5, 0.25])
 def test_v1_widths_without_top_match_keras(alpha):
     ref = keras.applications.MobileNet(alpha=alpha, include_top=False, weights=None)
@@ -34,8 +33,7 @@ def test_v1_widths_without_top_match_keras(alpha):
     assert ours.count_params() == ref.count_params()
 
 
-@run_once("counts are the same layer code on every backend; the logit tests below load "
-          "keras.applications' weights shape by shape on each")
+@COUNTED_ONCE
 @pytest.mark.parametrize("alpha", [0.35, 0.75, 1.3, 1.4])
 def test_v2_widths_without_top_match_keras(alpha):
     ref = keras.applications.MobileNetV2(alpha=alpha, include_top=False, weights=None)

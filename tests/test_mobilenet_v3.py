@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from conftest import (
     BACKEND,
+    COUNTED_ONCE,
     assert_matches_reference,
     calibrated_timm_model,
     infer,
     random_images,
     randomize_keras_model,
-    run_once,
     timm_forward,
 )
 
@@ -24,8 +24,7 @@ KERAS_V3 = {"large": keras.applications.MobileNetV3Large, "small": keras.applica
 # test_models.py (harness.FAMILIES["v3"]); here against keras.applications.
 
 
-@run_once("counts are the same layer code on every backend; the logit tests below load "
-          "keras.applications' weights shape by shape on each")
+@COUNTED_ONCE
 @pytest.mark.parametrize("variant", ["large", "small"])
 @pytest.mark.parametrize("width", [1.0, 0.75])
 @pytest.mark.parametrize("minimalistic", [False, True])

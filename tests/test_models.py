@@ -6,6 +6,7 @@ test_mobilenet_v1_v2.py, test_mobilenet_v3.py and test_mobilenet_v4.py.
 
 import keras
 import pytest
+from conftest import COUNTED_ONCE
 from harness import (
     FAMILIES,
     check_dynamic_input_shapes,
@@ -21,12 +22,7 @@ from harness import (
 VERSIONS = list(FAMILIES)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "torch",
-    reason="weight shapes are the same layer code on every backend (and every backend's "
-    "logit tests load reference weights shape by shape); counted once, on torch: the "
-    "full-size builds took 25 s on TensorFlow",
-)
+@COUNTED_ONCE  # the full-size builds took 25 s on TensorFlow
 @pytest.mark.parametrize("version, key", count_cases(), ids=lambda v: str(v))
 def test_parameter_count(version, key):
     check_parameter_count(version, key)

@@ -13,11 +13,11 @@ import re
 import numpy as np
 import pytest
 from conftest import (
+    COUNTED_ONCE,
     assert_matches_reference,
     calibrated_timm_model,
     infer,
     random_images,
-    run_once,
     timm_forward,
 )
 
@@ -54,8 +54,7 @@ def trainable_count(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
-@run_once("counts are the same layer code on every backend; the logit tests below load "
-          "timm's weights shape by shape on each")
+@COUNTED_ONCE
 @pytest.mark.parametrize("timm_name", list(ROWS) + list(COUNT_ONLY))
 def test_trainable_count_equals_timm(timm_name):
     factory, variant, expected = {**ROWS, **COUNT_ONLY}[timm_name]
