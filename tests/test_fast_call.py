@@ -233,3 +233,32 @@ def test_torch_compile_traces_a_training_batch_norm_whole():
     np.testing.assert_allclose(to_numpy(layers[1].moving_mean), to_numpy(layers[0].moving_mean),
                                rtol=1e-6, atol=1e-6)
     assert np.abs(to_numpy(layers[1].moving_mean)).max() > 1e-3  # it did update
+
+
+def test_compiled_predict_is_each_models_own_and_follows_its_weights():
+    """`predict_on_batch` with `jit_compile=True`: each model compiled on its
+    own (Keras' predict closures share one code object, and with fewer
+    guards one model's compiled graph must never run for another), the
+    eager output for models of two architectures called in turn, and new
+    weights read on the next call."""
+    import torch
+
+    x = torch.as_tensor(random_images(2, 32, 32))
+    models = [create_mobilenetv3("small", input_shape=(32, 32, 3), num_classes=3, style="timm"),
+              create_mobilenetv4("conv_small", input_shape=(32, 32, 3), num_classes=3)]
+    for model in models:
+        model.compile(jit_compile=True)
+    codes = set()
+    for _ in range(2):
+        for model in models:
+            with torch.no_grad():
+                eager = to_numpy(model(x, training=False))
+            np.testing.assert_allclose(model.predict_on_batch(x), eager, rtol=1e-4, atol=1e-5)
+            # code objects compare equal by value: count them by identity
+            codes.add(id(model.predict_function._torchdynamo_orig_callable.__code__))
+    assert len(codes) == 2
+    head = models[0].layers[-1]
+    head.set_weights([w * 0 + 0.5 for w in head.get_weights()])
+    with torch.no_grad():
+        eager = to_numpy(models[0](x, training=False))
+    np.testing.assert_allclose(models[0].predict_on_batch(x), eager, rtol=1e-4, atol=1e-5)
