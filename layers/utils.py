@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 if keras.backend.backend() == "torch":
+    import torch
     import torch.nn.functional as F
 
 PADDING_MODES = ("same", "symmetric")
@@ -150,8 +151,46 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
         if all(a == b for a, b in pads):
             torch_padding = tuple(a for a, _ in pads)
         else:
-            x = F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+            pads = (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
+            groups = x.shape[1] // weight.shape[1]
+            if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+                    and not torch.compiler.is_compiling()):
+                y = _PaddedConv.apply(x, weight, bias, pads, strides, dilation, groups)
+                return y.permute(0, 2, 3, 1)
+            x = F.pad(x, pads)
             torch_padding = (0, 0)
     y = F.conv2d(x, weight, bias, stride=strides, padding=torch_padding, dilation=dilation,
                  groups=x.shape[1] // weight.shape[1])
     return y.permute(0, 2, 3, 1)
+
+
+if keras.backend.backend() == "torch":
+
+    class _PaddedConv(torch.autograd.Function):
+        """`conv2d(pad(x))` for training, keeping `x`, not its padded copy,
+        for the backward pass, which pads it again (a copy, cheap beside the
+        convolution). Autograd would keep both: the padded copy for the
+        convolution and `x` for the activation before it. TensorFlow SAME
+        padding is asymmetric at stride 2, which `conv2d`'s own padding is
+        not; a training step of keras.applications-style V1-V3 kept one
+        extra feature map per stride-2 layer (memory measured in
+        `benchmarks/README.md`). Same operations, same gradients."""
+
+        @staticmethod
+        def forward(ctx, x, weight, bias, pads, stride, dilation, groups):
+            ctx.save_for_backward(x, weight)
+            ctx.options = (pads, stride, dilation, groups, bias is not None)
+            return F.conv2d(F.pad(x, pads), weight, bias, stride, 0, dilation, groups)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, weight = ctx.saved_tensors
+            pads, stride, dilation, groups, has_bias = ctx.options
+            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, F.pad(x, pads), weight, [weight.shape[0]] if has_bias else None,
+                list(stride), [0, 0], list(dilation), False, [0, 0], groups,
+                [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]])
+            if grad_x is not None:
+                left, right, top, bottom = pads
+                grad_x = grad_x[:, :, top:grad_x.shape[2] - bottom, left:grad_x.shape[3] - right]
+            return grad_x, grad_w, grad_b, None, None, None, None

@@ -262,3 +262,38 @@ def test_compiled_predict_is_each_models_own_and_follows_its_weights():
     with torch.no_grad():
         eager = to_numpy(models[0](x, training=False))
     np.testing.assert_allclose(models[0].predict_on_batch(x), eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_trained_asymmetric_padding_keeps_the_input_not_its_padded_copy(groups):
+    """TensorFlow SAME padding at stride 2 pads one side only; in training
+    the convolution keeps its unpadded input for the backward pass (fewer
+    numbers saved than autograd's pad + conv, which keeps the padded copy)
+    and gives the same output and gradients."""
+    import torch
+    import torch.nn.functional as F
+
+    from keras_mobilenets.layers.utils import torch_conv_nhwc
+
+    rng = np.random.default_rng(0)
+    x0 = rng.normal(size=(2, 8, 8, 4)).astype("float32")
+    w0 = rng.normal(size=(8, 4 // groups, 3, 3))  # depthwise with multiplier 2 at groups=4
+    g = torch.as_tensor(rng.normal(size=(2, 4, 4, w0.shape[0])).astype("float32"))
+
+    def run(forward):
+        x = torch.tensor(x0, requires_grad=True)
+        w = torch.tensor(w0.astype("float32"), requires_grad=True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t,
+                                                      lambda t: t):
+            y = forward(x, w)
+        (y * g).sum().backward()
+        return [to_numpy(t.detach()) for t in (y, x.grad, w.grad)], sum(saved)
+
+    ours, ours_saved = run(lambda x, w: torch_conv_nhwc(x, w, None, 2, "same"))
+    plain, plain_saved = run(lambda x, w: F.conv2d(
+        F.pad(x.permute(0, 3, 1, 2), (0, 1, 0, 1)), w, stride=2, groups=groups
+    ).permute(0, 2, 3, 1))
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert ours_saved < plain_saved
