@@ -31,6 +31,19 @@ class HardSigmoid(FastCall, NothingToQuantize, keras.layers.Layer):
         return input_shape
 
 
+@ops.custom_gradient
+def _hard_swish_keeping_input(x):
+    def grad(*args, upstream=None):
+        if upstream is None:  # TensorFlow passes it positionally
+            (upstream,) = args
+        shifted = x + 3.0
+        # TensorFlow's relu6 passes the gradient strictly inside (0, 6).
+        inside = ops.logical_and(shifted > 0.0, shifted < 6.0)
+        return upstream * (ops.relu6(shifted) / 6.0 + ops.where(inside, x / 6.0, 0.0))
+
+    return ops.hard_silu(x), grad
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class HardSwish(FastCall, NothingToQuantize, keras.layers.Layer):
     """Hard swish, `x * ReLU6(x + 3) / 6`, as in MobileNetV3.
@@ -38,6 +51,11 @@ class HardSwish(FastCall, NothingToQuantize, keras.layers.Layer):
     Computed by `ops.hard_silu`: on torch and JAX one fused kernel forward
     and one backward instead of four elementwise passes each way over the
     largest activations of MobileNetV3 (keras.applications does the same).
+    On TensorFlow, where `hard_silu` is `x * relu6(x + 3) / 6` as separate
+    ops whose gradients keep `x + 3` and `relu6(x + 3) / 6` beside `x`, it
+    keeps only `x` for the backward pass and recomputes the derivative there
+    (the same values as TensorFlow's; training memory in
+    `benchmarks/README.md`).
     """
 
     def __init__(self, **kwargs):
@@ -45,6 +63,8 @@ class HardSwish(FastCall, NothingToQuantize, keras.layers.Layer):
         self.built = True
 
     def call(self, x):
+        if keras.backend.backend() == "tensorflow":
+            return _hard_swish_keeping_input(x)
         return ops.hard_silu(x)
 
     def compute_output_shape(self, input_shape):

@@ -68,6 +68,30 @@ def test_gelu_is_exact_and_steps_like_keras_gelu():
         assert max_abs_diff(a, w) > 1e-2  # the step moved the weights
         assert max_abs_diff(a, b) < 1e-5
 
+
+def test_hard_swish_steps_like_keras_hard_silu():
+    """HardSwish (on TensorFlow: keeping only its input for the backward
+    pass) steps like keras' own hard_silu, inputs at the kinks -3 and 3
+    included."""
+    rng = np.random.default_rng(5)
+    inputs = rng.normal(0, 3, (16, 5)).astype("float32")
+    targets = rng.normal(size=(16, 3)).astype("float32")
+    # Dense output -3 and 3 exactly for two rows: zero bias, weights picking x[0].
+    inputs[:2] = 0.0
+    inputs[0, 0], inputs[1, 0] = -3.0, 3.0
+    weights = [rng.normal(size=(5, 3)).astype("float32"), np.zeros(3, "float32")]
+    weights[0][0] = 1.0
+    models = [keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), act])
+              for act in (HardSwish(), keras.layers.Activation("hard_silu"))]
+    for model in models:
+        model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+        model.train_on_batch(inputs, targets)
+    for a, b, w in zip(models[0].get_weights(), models[1].get_weights(), weights):
+        assert max_abs_diff(a, w) > 1e-2  # the step moved the weights
+        assert max_abs_diff(a, b) < 1e-6
+
+
 def _torch_conv(x, kernel, stride, padding, depthwise=False):
     torch = pytest.importorskip("torch")
     w = kernel.transpose(2, 3, 0, 1) if depthwise else kernel.transpose(3, 2, 0, 1)
