@@ -154,7 +154,8 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
             pads = (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
             groups = x.shape[1] // weight.shape[1]
             if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-                    and not torch.compiler.is_compiling()):
+                    and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+                    and not torch.jit.is_tracing()):  # eager autograd, nothing tracing
                 y = _PaddedConv.apply(x, weight, bias, pads, strides, dilation, groups)
                 return y.permute(0, 2, 3, 1)
             x = F.pad(x, pads)
