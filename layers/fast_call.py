@@ -119,11 +119,12 @@ class FastFunctional(FastCall, Functional):
         Keras compiles one closure per model with `torch.compile`; the
         closures of all models share one code object, whose compiled
         entries torch keeps together (each call checks them in turn, and
-        the ninth model runs uncompiled). Here each model gets its own code
-        object. torch.compile also re-checks before every call each Python
-        value the trace read (about 18,000 checks for V3 small, about 1 ms
-        per call at batch 1); here only tensors (shapes, dtypes, devices)
-        and global state (grad mode, autocast) are checked. That is what
+        past torch's recompile limit the function runs uncompiled). Here
+        each model gets its own code object. torch.compile also re-checks
+        before every call each Python value the trace read (thousands of
+        layer attributes: at batch 1 a large part of a call, measured in
+        `docs/torch_backend.md`); here only tensors (shapes, dtypes,
+        devices) and global state (grad mode, autocast) are checked. That is what
         `tf.function` and `jax.jit` do with Keras' predict function on the
         other backends: a model's Python attributes are read once, when
         traced. Keras drops the predict function in `compile()` and

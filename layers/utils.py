@@ -145,6 +145,7 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
     TensorFlow's) after `pad` pixels on every side; channels-last result."""
     x = x.permute(0, 3, 1, 2)  # an NCHW view of channels-last memory
     strides, dilation = _pair(strides), _pair(dilation_rate)
+    groups = x.shape[1] // weight.shape[1]
     torch_padding = (pad, pad)
     if padding == "same":  # TensorFlow SAME: any odd pixel goes to the bottom / right
         pads = [same_pads(*axis) for axis in zip(x.shape[2:], weight.shape[2:], strides, dilation)]
@@ -152,7 +153,6 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
             torch_padding = tuple(a for a, _ in pads)
         else:
             pads = (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
-            groups = x.shape[1] // weight.shape[1]
             if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
                     and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
                     and not torch.jit.is_tracing()):  # eager autograd, nothing tracing
@@ -161,7 +161,7 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
             x = F.pad(x, pads)
             torch_padding = (0, 0)
     y = F.conv2d(x, weight, bias, stride=strides, padding=torch_padding, dilation=dilation,
-                 groups=x.shape[1] // weight.shape[1])
+                 groups=groups)
     return y.permute(0, 2, 3, 1)
 
 
