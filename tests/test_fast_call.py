@@ -257,11 +257,15 @@ def test_compiled_predict_is_each_models_own_and_follows_its_weights():
             # code objects compare equal by value: count them by identity
             codes.add(id(model.predict_function._torchdynamo_orig_callable.__code__))
     assert len(codes) == 2
-    head = models[0].layers[-1]
-    head.set_weights([w * 0 + 0.5 for w in head.get_weights()])
+    head = next(layer for layer in reversed(models[0].layers) if layer.weights)  # the classifier
+    before = models[0].predict_on_batch(x)
+    rng = np.random.default_rng(1)
+    head.set_weights([rng.normal(size=w.shape).astype("float32") for w in head.get_weights()])
     with torch.no_grad():
         eager = to_numpy(models[0](x, training=False))
-    np.testing.assert_allclose(models[0].predict_on_batch(x), eager, rtol=1e-4, atol=1e-5)
+    after = models[0].predict_on_batch(x)
+    np.testing.assert_allclose(after, eager, rtol=1e-4, atol=1e-5)
+    assert np.abs(after - before).max() > 1e-3  # the new weights changed the output
 
 
 @pytest.mark.parametrize("groups", [1, 4])
