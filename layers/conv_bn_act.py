@@ -15,6 +15,8 @@ _TORCH = keras.backend.backend() == "torch"
 if _TORCH:
     import torch
 
+    from .torch_batch_norm import batch_norm_act
+
 _PACKAGE = "keras_mobilenets"
 
 
@@ -141,7 +143,11 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         elif self.norm_type == "rms":
             x = self.bn(self.conv(x))
         elif training and self.bn.trainable:
-            x = self._batch_norm_train(self.conv(x))
+            x = self.conv(x)
+            if self._torch_trains_fused(x):
+                x = self._torch_batch_norm_train(x, self.activation or "linear")
+                return x if self.aa is None else self.aa(x)
+            x = self._batch_norm_train(x)
         elif (self.conv.quantization_mode is None and self.conv.data_format == "channels_last"
               and eager_torch_inference(x)):
             return self._torch_inference(x)
@@ -166,7 +172,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         `native_batch_norm` (`_torch_batch_norm_train`).
         """
         bn = self.bn
-        if _TORCH and x.dtype == torch.float32:
+        if self._torch_trains_fused(x):
             return self._torch_batch_norm_train(x)
         x32 = ops.cast(x, "float32")
         mean, variance = ops.moments(x32, axes=[0, 1, 2])
@@ -179,19 +185,26 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         b = ops.cast(bn.beta, "float32") - mean * a
         return ops.cast(x32 * a + b, x.dtype)
 
-    def _torch_batch_norm_train(self, x):
-        """Training-mode BatchNorm as torch's fused kernel, forward and
-        backward. Keras' ops compute it in several passes over the feature
-        map, each backward pass keeping its own full-size temporaries (time
-        and memory measured in `benchmarks/README.md`). torch's running
-        statistics use the unbiased variance; Keras' moving variance the
-        biased one, so the moving averages are updated here from the batch
-        mean and `1 / sqrt(var + eps)` the kernel returns."""
+    def _torch_trains_fused(self, x):
+        """Whether training BatchNorm and the activation run as one torch
+        operator (`layers.torch_batch_norm`): torch, float32, BatchNorm with
+        scale and offset."""
+        return (_TORCH and isinstance(x, torch.Tensor) and x.dtype == torch.float32
+                and self.bn.gamma is not None and self.bn.beta is not None)
+
+    def _torch_batch_norm_train(self, x, activation="linear"):
+        """Training-mode BatchNorm, then `activation`, as torch's fused
+        kernels in one operator of ours (`layers.torch_batch_norm`, forward
+        and backward; why an operator: see there). Keras' ops compute the
+        BatchNorm in several passes over the feature map, each backward pass
+        keeping its own full-size temporaries (time and memory measured in
+        `benchmarks/README.md`). torch's running statistics use the unbiased
+        variance; Keras' moving variance the biased one, so the moving
+        averages are updated here from the batch mean and
+        `1 / sqrt(var + eps)` the kernel returns."""
         bn = self.bn
-        gamma = None if bn.gamma is None else bn.gamma.value
-        beta = None if bn.beta is None else bn.beta.value
-        y, mean, invstd = torch.native_batch_norm(
-            x.permute(0, 3, 1, 2), gamma, beta, None, None, True, 0.0, bn.epsilon)
+        y, mean, invstd = batch_norm_act(x.permute(0, 3, 1, 2), bn.gamma.value, bn.beta.value,
+                                         bn.epsilon, activation)
         with torch.no_grad():
             variance = invstd.pow(-2) - bn.epsilon
             m = bn.momentum

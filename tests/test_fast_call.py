@@ -301,3 +301,86 @@ def test_trained_asymmetric_padding_keeps_the_input_not_its_padded_copy(groups):
     for a, b in zip(ours, plain):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     assert ours_saved < plain_saved
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "relu6", "hard_swish", "gelu",
+                                        "gelu_tanh"])
+@pytest.mark.parametrize("size", [5, 1])  # 1: strides torch may choose otherwise
+def test_training_batch_norm_and_activation_as_one_operator(activation, size):
+    """`layers.torch_batch_norm.batch_norm_act` (ConvBnAct's training step on
+    torch): eager and under torch.compile, the output, batch statistics and
+    gradients of torch's BatchNorm followed by the activation, on a
+    channels-last feature map; hard-swish and GELU keep fewer numbers for the
+    backward pass (their input is recomputed there)."""
+    import torch
+    import torch.nn.functional as F
+
+    from keras_mobilenets.layers.torch_batch_norm import batch_norm_act
+
+    reference_act = {"linear": lambda t: t, "relu": F.relu, "relu6": F.relu6,
+                     "hard_swish": F.hardswish, "gelu": F.gelu,
+                     "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[activation]
+    rng = np.random.default_rng(5)
+    x0 = rng.normal(1.0, 3.0, size=(4, size, size, 6)).astype("float32")
+    params0 = [rng.normal(1.0, 0.5, 6).astype("float32"), rng.normal(0.5, 0.5, 6).astype("float32")]
+    g = torch.as_tensor(rng.normal(size=(4, 6, size, size)).astype("float32"))
+
+    def run(forward):
+        x = torch.tensor(x0, requires_grad=True)
+        gamma, beta = (torch.tensor(p, requires_grad=True) for p in params0)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t,
+                                                      lambda t: t):
+            y, mean = forward(x.permute(0, 3, 1, 2), gamma, beta)
+        (y * g).sum().backward()
+        return [to_numpy(t.detach()) for t in (y, mean, x.grad, gamma.grad, beta.grad)], sum(saved)
+
+    def ours(x, gamma, beta):
+        y, mean, _ = batch_norm_act(x, gamma, beta, 1e-3, activation)
+        return y, mean
+
+    def reference(x, gamma, beta):
+        return reference_act(F.batch_norm(x, None, None, gamma, beta, True, 0.0, 1e-3)), x.mean((0, 2, 3))
+
+    expected, reference_saved = run(reference)
+    torch._dynamo.reset()  # `ours` is one code object for all the cases: past torch's recompile limit
+    for forward in (ours, torch.compile(ours, fullgraph=True)):
+        got, saved = run(forward)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
+    if activation in ("hard_swish", "gelu", "gelu_tanh"):
+        assert saved < reference_saved
+
+
+def test_compiled_training_step_matches_the_eager_one():
+    """`train_on_batch` with `jit_compile=True` (the model's own compiled
+    train function, with Inductor's layout optimisation): two steps give the
+    weights and moving statistics eager training gives."""
+    import torch
+
+    from keras_mobilenets.layers import ConvBnAct
+    from keras_mobilenets.layers.fast_call import FastFunctional
+
+    def make():
+        inputs = keras.Input((16, 16, 3))
+        x = ConvBnAct(8, 3, 2, activation="hard_swish")(inputs)
+        x = ConvBnAct(8, 3, 1, depthwise=True, activation="relu")(x)
+        x = ConvBnAct(12, 1, 1, activation=None)(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return FastFunctional(inputs, keras.layers.Dense(3)(x))
+
+    models = [make(), make()]
+    models[1].set_weights(models[0].get_weights())
+    start = models[0].get_weights()
+    rng = np.random.default_rng(6)
+    x = torch.as_tensor(rng.normal(size=(4, 16, 16, 3)).astype("float32"))
+    y = torch.as_tensor(rng.integers(0, 3, 4))
+    for model, jit in zip(models, (False, True)):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        for _ in range(2):
+            model.train_on_batch(x, y)
+    assert hasattr(models[1].train_function, "_torchdynamo_orig_callable")  # it was compiled
+    for a, b in zip(models[1].get_weights(), models[0].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert max(np.abs(a - c).max() for a, c in zip(models[0].get_weights(), start)) > 1e-3
