@@ -144,7 +144,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
             x = self.bn(self.conv(x))
         elif training and self.bn.trainable:
             x = self.conv(x)
-            if self._torch_trains_fused(x):
+            if self._torch_trains_fused(x) and torch.compiler.is_compiling():
                 x = self._torch_batch_norm_train(x, self.activation or "linear")
                 return x if self.aa is None else self.aa(x)
             x = self._batch_norm_train(x)
@@ -193,18 +193,27 @@ class ConvBnAct(FastCall, keras.layers.Layer):
                 and self.bn.gamma is not None and self.bn.beta is not None)
 
     def _torch_batch_norm_train(self, x, activation="linear"):
-        """Training-mode BatchNorm, then `activation`, as torch's fused
-        kernels in one operator of ours (`layers.torch_batch_norm`, forward
-        and backward; why an operator: see there). Keras' ops compute the
-        BatchNorm in several passes over the feature map, each backward pass
-        keeping its own full-size temporaries (time and memory measured in
-        `benchmarks/README.md`). torch's running statistics use the unbiased
-        variance; Keras' moving variance the biased one, so the moving
-        averages are updated here from the batch mean and
-        `1 / sqrt(var + eps)` the kernel returns."""
+        """Training-mode BatchNorm as torch's fused kernel, forward and
+        backward, then `activation` (given only under torch.compile). Keras'
+        ops compute it in several passes over the feature map, each backward
+        pass keeping its own full-size temporaries (time and memory measured
+        in `benchmarks/README.md`). Under torch.compile BatchNorm and the
+        activation are one operator of ours, opaque to Inductor
+        (`layers.torch_batch_norm`: why). Eagerly the kernel is called
+        directly: the operator's Python autograd made an eager V4
+        conv_medium step at batch 32 slower (1.74-1.80 against 1.58-1.60 s)
+        and its peak 0.2-0.4 GB higher with the same tensors saved. torch's
+        running statistics use the unbiased variance; Keras' moving variance
+        the biased one, so the moving averages are updated here from the
+        batch mean and `1 / sqrt(var + eps)` the kernel returns."""
         bn = self.bn
-        y, mean, invstd = batch_norm_act(x.permute(0, 3, 1, 2), bn.gamma.value, bn.beta.value,
-                                         bn.epsilon, activation)
+        nchw = x.permute(0, 3, 1, 2)
+        if torch.compiler.is_compiling():
+            y, mean, invstd = batch_norm_act(nchw, bn.gamma.value, bn.beta.value, bn.epsilon,
+                                             activation)
+        else:
+            y, mean, invstd = torch.native_batch_norm(nchw, bn.gamma.value, bn.beta.value, None,
+                                                      None, True, 0.0, bn.epsilon)
         with torch.no_grad():
             variance = invstd.pow(-2) - bn.epsilon
             m = bn.momentum

@@ -15,10 +15,11 @@ another memory layout. An operator is opaque to Inductor: compiled training
 runs torch's own kernels, as eager training does (measured in
 `docs/torch_backend.md`).
 
-It also keeps less for the backward pass: the BatchNorm input, and the
-output for ReLU / ReLU6 (whose masks it gives; the next convolution keeps it
-anyway); hard-swish and GELU recompute their input from the BatchNorm input
-in the backward pass instead of keeping it.
+`ConvBnAct` uses it under torch.compile only; eagerly it calls torch's
+BatchNorm directly (an operator's Python autograd costs time and memory
+there: measured in `ConvBnAct._torch_batch_norm_train`). The backward pass
+keeps the BatchNorm input, and the output for ReLU / ReLU6 (whose masks it
+gives); hard-swish and GELU recompute their input from the BatchNorm input.
 """
 
 import torch
