@@ -201,7 +201,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         activation are one operator of ours, opaque to Inductor
         (`layers.torch_batch_norm`: why). Eagerly the kernel is called
         directly: the operator's Python autograd made an eager V4
-        conv_medium step at batch 32 slower (1.74-1.80 against 1.58-1.60 s)
+        conv_medium step at batch 32 slower (1.70-1.80 against 1.58-1.60 s)
         and its peak 0.2-0.4 GB higher with the same tensors saved. torch's
         running statistics use the unbiased variance; Keras' moving variance
         the biased one, so the moving averages are updated here from the
