@@ -146,7 +146,7 @@ class FastFunctional(FastCall, Functional):
         return self.predict_function
 
     def make_train_function(self, force=False):
-        """Keras' train function; on torch with `jit_compile=True`, compiled
+        """Keras' train function. On torch with `jit_compile=True`, compiled
         for this model alone (as the predict function) and with Inductor's
         layout optimisation forced on. Inductor decides that per graph and
         turns it on (on CPU) for graphs with convolutions, which the backward
@@ -154,9 +154,15 @@ class FastFunctional(FastCall, Functional):
         compiled step handed those backward passes gradients in another
         memory layout than their channels-last inputs (V3 small at batch 16:
         1.07 against 0.75 times timm compiled's step,
-        `docs/torch_backend.md`)."""
+        `docs/torch_backend.md`). On JAX, the memory XLA used compiling the
+        step goes back to the system before the step runs
+        (`compile_memory`)."""
         made = force or self.train_function is None
         super().make_train_function(force)
+        if made and keras.backend.backend() == "jax" and self.train_function is not None:
+            from .compile_memory import trimming_after_compile
+
+            self.train_function = trimming_after_compile(self.train_function)
         fn = getattr(self.train_function, "_torchdynamo_orig_callable", None)
         if made and fn is not None:
             self.train_function = torch.compile(
