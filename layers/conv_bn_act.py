@@ -186,9 +186,9 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         return ops.cast(x32 * a + b, x.dtype)
 
     def _torch_trains_fused(self, x):
-        """Whether training BatchNorm and the activation run as one torch
-        operator (`layers.torch_batch_norm`): torch, float32, BatchNorm with
-        scale and offset."""
+        """Whether training BatchNorm runs as torch's own kernels
+        (`_torch_batch_norm_train`): torch, float32, BatchNorm with scale and
+        offset."""
         return (_TORCH and isinstance(x, torch.Tensor) and x.dtype == torch.float32
                 and self.bn.gamma is not None and self.bn.beta is not None)
 

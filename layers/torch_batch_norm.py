@@ -113,4 +113,6 @@ def batch_norm_act(x, gamma, beta, epsilon, activation):
     """Training BatchNorm of NCHW `x` (any memory layout) with batch
     statistics, then `activation` (one of `ACTIVATIONS`). Returns the output
     and the batch mean and `1 / sqrt(var + epsilon)` (biased variance)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
     return _forward(x, gamma, beta, float(epsilon), activation)

@@ -384,3 +384,12 @@ def test_compiled_training_step_matches_the_eager_one():
     for a, b in zip(models[1].get_weights(), models[0].get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert max(np.abs(a - c).max() for a, c in zip(models[0].get_weights(), start)) > 1e-3
+
+
+def test_batch_norm_operator_rejects_an_unknown_activation():
+    import torch
+
+    from keras_mobilenets.layers.torch_batch_norm import batch_norm_act
+
+    with pytest.raises(ValueError, match="'swish'"):
+        batch_norm_act(torch.ones(2, 3, 4, 4), torch.ones(3), torch.zeros(3), 1e-3, "swish")
