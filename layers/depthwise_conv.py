@@ -46,8 +46,9 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
     materialise one input-sized product per tap for the kernel gradient (25
     of them for a 5x5 kernel). Here the backward pass keeps only `x` and
     loops over the taps with `ops.fori_loop`, so each tap's kernel gradient
-    and input-gradient contribution is one fused pass (the memory and time
-    saved are measured in `benchmarks/README.md`).
+    (and at stride 2 its input-gradient contribution) is one fused pass; at
+    stride 1 the input gradient is one shifted sum of its own (the memory
+    and time saved are measured in `benchmarks/README.md`).
     Needs static spatial sizes (always the case under JAX).
     """
     (kh, kw, channels), (out_h, out_w), (sh, sw) = kernel.shape, out_hw, strides
@@ -69,19 +70,32 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
             window = (n, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, channels)
             part = (n, out_h, 1, out_w, 1, channels)
 
-            def tap_step(t, grads):
-                dx, d_kernel = grads
+            def kernel_step(t, d_kernel):
                 i, j = t // kw, t % kw
                 xs = ops.slice(xp, [0, i, j, 0], window)[:, ::sh, ::sw, :]
                 d_tap = ops.sum(xs * upstream, axis=(0, 1, 2), keepdims=True)[0, 0]
+                return ops.slice_update(d_kernel, [t, 0], d_tap)
+
+            def tap_step(t, grads):
+                dx, d_kernel = grads
+                i, j = t // kw, t % kw
                 start = [0, i // sh, i % sh, j // sw, j % sw, 0]
                 d_x = ops.reshape(upstream * ops.slice(taps, [t, 0], [1, channels]), part)
                 return (ops.slice_update(dx, start, ops.slice(dx, start, part) + d_x),
-                        ops.slice_update(d_kernel, [t, 0], d_tap))
+                        kernel_step(t, d_kernel))
 
-            grads = (ops.zeros((n, rows, sh, cols, sw, channels), x.dtype),
-                     ops.zeros((kh * kw, channels), x.dtype))
-            dx, d_kernel = ops.fori_loop(0, kh * kw, tap_step, grads)
+            d_kernel = ops.zeros((kh * kw, channels), x.dtype)
+            if (sh, sw) == (1, 1):
+                # The input gradient is the shifted sum of the padded upstream
+                # gradient with the flipped kernel: one fused pass, and the
+                # loop carries only the kernel gradient (an input-sized
+                # carry costs XLA more memory).
+                padded = ops.pad(upstream, [[0, 0], [kh - 1, kh - 1], [kw - 1, kw - 1], [0, 0]])
+                dx = _shifted_sum(padded, ops.flip(kernel, axis=(0, 1)), (rows, cols), (1, 1))
+                d_kernel = ops.fori_loop(0, kh * kw, kernel_step, d_kernel)
+            else:
+                dx = ops.zeros((n, rows, sh, cols, sw, channels), x.dtype)
+                dx, d_kernel = ops.fori_loop(0, kh * kw, tap_step, (dx, d_kernel))
             dxp = ops.reshape(dx, (n, rows * sh, cols * sw, channels))
             height, width = x.shape[1], x.shape[2]
             top, left = (0, 0) if pads is None else (pads[1][0], pads[2][0])
