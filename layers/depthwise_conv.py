@@ -66,23 +66,13 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
                 (upstream,) = args
             n = ops.shape(x)[0]
             xp = _pad(x, pads)
-            taps = ops.reshape(kernel, (kh * kw, channels))
             window = (n, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, channels)
-            part = (n, out_h, 1, out_w, 1, channels)
 
             def kernel_step(t, d_kernel):
                 i, j = t // kw, t % kw
                 xs = ops.slice(xp, [0, i, j, 0], window)[:, ::sh, ::sw, :]
                 d_tap = ops.sum(xs * upstream, axis=(0, 1, 2), keepdims=True)[0, 0]
                 return ops.slice_update(d_kernel, [t, 0], d_tap)
-
-            def tap_step(t, grads):
-                dx, d_kernel = grads
-                i, j = t // kw, t % kw
-                start = [0, i // sh, i % sh, j // sw, j % sw, 0]
-                d_x = ops.reshape(upstream * ops.slice(taps, [t, 0], [1, channels]), part)
-                return (ops.slice_update(dx, start, ops.slice(dx, start, part) + d_x),
-                        kernel_step(t, d_kernel))
 
             d_kernel = ops.zeros((kh * kw, channels), x.dtype)
             if (sh, sw) == (1, 1):
@@ -94,6 +84,17 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
                 dx = _shifted_sum(padded, ops.flip(kernel, axis=(0, 1)), (rows, cols), (1, 1))
                 d_kernel = ops.fori_loop(0, kh * kw, kernel_step, d_kernel)
             else:
+                taps = ops.reshape(kernel, (kh * kw, channels))
+                part = (n, out_h, 1, out_w, 1, channels)
+
+                def tap_step(t, grads):
+                    dx, d_kernel = grads
+                    i, j = t // kw, t % kw
+                    start = [0, i // sh, i % sh, j // sw, j % sw, 0]
+                    d_x = ops.reshape(upstream * ops.slice(taps, [t, 0], [1, channels]), part)
+                    return (ops.slice_update(dx, start, ops.slice(dx, start, part) + d_x),
+                            kernel_step(t, d_kernel))
+
                 dx = ops.zeros((n, rows, sh, cols, sw, channels), x.dtype)
                 dx, d_kernel = ops.fori_loop(0, kh * kw, tap_step, (dx, d_kernel))
             dxp = ops.reshape(dx, (n, rows * sh, cols * sw, channels))
