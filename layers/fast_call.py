@@ -30,6 +30,7 @@ from keras.src.backend.common import global_state
 from keras.src.models.functional import Functional
 
 _TORCH = keras.backend.backend() == "torch"
+_TENSORFLOW = keras.backend.backend() == "tensorflow"
 if _TORCH:
     import torch
 
@@ -168,6 +169,27 @@ class FastFunctional(FastCall, Functional):
             self.train_function = torch.compile(
                 _own_code(fn), options={"force_layout_optimization": True})
         return self.train_function
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """On TensorFlow Keras builds the optimizer (Adam: two slot variables
+        per weight) and the compiled metrics before the first trace of the
+        train function only under a distribution strategy; otherwise inside
+        that trace, and a `tf.function` that creates variables is traced a
+        second time: the first step traced the model, its gradient and the
+        update twice (V3 small at 32 px, Adam, `train_on_batch` on one
+        thread: 13.4 s, 6.5 s built first; SGD, no slots: 3.1 s). Here they
+        are built first without a strategy too, from the first batch, as
+        under the default strategy: the same variables, for the weights
+        trainable at the first step."""
+        if _TENSORFLOW and getattr(self, "_distribute_strategy", None) is None:
+            import tensorflow as tf
+
+            self._distribute_strategy = tf.distribute.get_strategy()
+            try:
+                return super()._maybe_symbolic_build(iterator, data_batch)
+            finally:
+                self._distribute_strategy = None
+        return super()._maybe_symbolic_build(iterator, data_batch)
 
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
                **kwargs):

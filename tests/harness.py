@@ -232,16 +232,25 @@ def check_mixed_precision_forward(version, policy):
 
 def check_fit(version, size=SIZE):
     """`compile` + `fit` (the README's recipe, smaller): finite losses, every
-    trainable variable moved, BatchNorm statistics updated."""
+    trainable variable moved, BatchNorm statistics updated. On TensorFlow
+    the train step is traced once: Adam's slots and the metric are built
+    before the trace (`FastFunctional._maybe_symbolic_build`; Keras creates
+    them inside it, and `tf.function` then traces again)."""
     family = FAMILIES[version]
     model = family.factory(**family.small, input_shape=(size, size, 3), num_classes=10)
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    traces = []
+    step = model.train_step
+    model.train_step = lambda data: traces.append(1) or step(data)
     rng = np.random.default_rng(0)
     x = family.images(16, size, size)
     y = keras.utils.to_categorical(rng.integers(0, 10, 16), 10)
     before = [to_numpy(w).copy() for w in model.weights]
     history = model.fit(x, y, epochs=3, batch_size=8, verbose=0)
     assert len(history.history["loss"]) == 3
+    if keras.backend.backend() == "tensorflow":
+        assert len(traces) == 1
+    assert len(model.optimizer.variables) > 2 * len(model.trainable_variables)  # Adam's slots
     assert all(np.isfinite(history.history["loss"]))
     for w, old in zip(model.weights, before):
         if w.trainable or "moving" in w.path:
