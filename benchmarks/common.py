@@ -107,3 +107,16 @@ def limit_threads(threads):
                  "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ[name] = str(threads)
     return cpus
+
+
+def run_child(code, env, what):
+    """Run `code` in a fresh Python process with `env`; the JSON object it
+    prints after "RESULT ", or RuntimeError naming `what` with its stderr."""
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"{what} failed:\n{out.stderr[-2000:]}")

@@ -11,10 +11,11 @@ used (JAX has none unless configured). Prints a Markdown table.
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import run_child  # noqa: E402
 
 VARIANTS = {
     "v1": ["1.0", "0.25"],
@@ -39,11 +40,7 @@ print("RESULT " + json.dumps(dict(imports=t1 - t0, build=t2 - t1, params=model.c
 def measure(backend, version, variant):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     code = CHILD.format(version=version, variant=variant)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"{backend} {version} {variant} failed:\n{out.stderr[-2000:]}")
+    return run_child(code, env, f"{backend} {version} {variant}")
 
 
 def main(argv=None):

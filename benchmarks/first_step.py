@@ -18,12 +18,11 @@ table: seconds for that `fit` call and the number of train-step traces.
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import REPO_ROOT, run_child  # noqa: E402
 
 BUILD = {
     "v1": ("from keras_mobilenets import create_mobilenetv1 as f", 'f("1.0", {kw})',
@@ -72,16 +71,12 @@ def measure(model, case, size, policy):
     imports, ours, theirs = BUILD[model]
     if apps and theirs is None:
         return None
-    code = CHILD.format(root=REPO_ROOT, policy=policy, imports=imports if not apps else "",
+    code = CHILD.format(root=str(REPO_ROOT), policy=policy, imports=imports if not apps else "",
                         size=size, keras_path=keras_path,
                         build=(theirs if apps else ours).format(kw="**kw", app="**app"))
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
                OMP_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"{model} {case} failed:\n{out.stderr[-2000:]}")
+    return run_child(code, env, f"{model} {case}")
 
 
 def main(argv=None):
