@@ -33,25 +33,20 @@ def export_model(model, fmt, path, representative):
         copy.set_weights(model.get_weights())
         copy.quantize("int8")
         copy.save(path)
-    elif fmt == "litert":
+    elif fmt in ("litert", "litert_int8"):
         import tensorflow as tf
 
-        model.export(path, format="litert", verbose=False,
-                     target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
-    elif fmt == "litert_int8":
-        import tempfile
+        # Through the frozen forward, also for models that wrap ours (a
+        # backbone with a new head is a plain keras.Model).
+        from keras_mobilenets.layers.litert_export import export_litert
 
-        import tensorflow as tf
-
-        with tempfile.TemporaryDirectory() as saved_model:
-            model.export(saved_model, format="tf_saved_model", verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([r[None]] for r in representative)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            data = converter.convert()  # int8 inside; float32 input and output
-        with open(path, "wb") as f:
-            f.write(data)
+        if fmt == "litert":
+            settings = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+        else:  # int8 inside; float32 input and output
+            settings = {"optimizations": [tf.lite.Optimize.DEFAULT],
+                        "representative_dataset": lambda: ([r[None]] for r in representative),
+                        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
+        export_litert(model, path, verbose=False, **settings)
     else:
         model(representative[:1])  # jax2onnx needs a model that was called
         model.export(path, format="onnx", verbose=False)

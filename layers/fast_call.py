@@ -196,10 +196,17 @@ class FastFunctional(FastCall, Functional):
         """`keras.Model.export`, with hard-swish and hard-sigmoid written as
         single `HardSwish` / `HardSigmoid` nodes in ONNX files (tf2onnx
         writes each as a chain of 3-4 nodes that onnxruntime runs one by one;
-        see `export_graph`), and on JAX the depthwise convolutions exported
-        as such (`depthwise_as_conv`)."""
+        see `export_graph`), on JAX the depthwise convolutions exported
+        as such (`depthwise_as_conv`), and LiteRT files on TensorFlow written
+        from the frozen forward instead of a SavedModel with variables
+        (`litert_export`: one trace instead of five)."""
         from .depthwise_conv import depthwise_as_conv
 
+        if format == "litert" and _TENSORFLOW:
+            from .litert_export import export_litert
+
+            return export_litert(self, filepath, input_signature=input_signature,
+                                 verbose=verbose, **kwargs)
         with depthwise_as_conv(self, enabled=format == "onnx" and keras.backend.backend() == "jax"):
             result = super().export(filepath, format=format, verbose=verbose,
                                     input_signature=input_signature, **kwargs)

@@ -58,10 +58,12 @@ def test_deployment_int8_snippet_has_int8_input_and_output(tmp_path, monkeypatch
     assert 'create_mobilenetv3("small", weights="imagenet")' in block
     block = block.replace('weights="imagenet"', 'weights=None, input_shape=(32, 32, 3)')
     block = block.replace("(8, 224, 224, 3)", "(8, 32, 32, 3)")
-    # The float LiteRT and ONNX exports are the calls test_export.py makes on
-    # V3 small and runs in their runtimes; not repeated here (suite time).
+    # The float LiteRT, SavedModel and ONNX exports are the calls
+    # test_export.py makes on V3 small and runs in their runtimes; not
+    # repeated here (suite time).
     for line in ('model.export("v3_small.tflite", format="litert",\n'
                  '             target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})\n',
+                 'model.export("v3_small_savedmodel", format="tf_saved_model")\n',
                  'model.export("v3_small.onnx", format="onnx")'):
         assert line in block, line
         block = block.replace(line, "")

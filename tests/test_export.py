@@ -95,9 +95,9 @@ EXTENSIONS = {"litert": ".tflite", "tf_saved_model": "", "onnx": ".onnx"}
 # op of their own; benchmarks/export_latency.py exports and checks all seven.
 # jax2onnx is the slowest converter (15-21 s per model): the two richest, as
 # for TensorFlow's ONNX route (suite time; V1's and V4 conv_small's layers are
-# in those two). The SavedModel is the plain trace that the LiteRT and ONNX
-# routes convert from, and those convert every model listed: V3 small only
-# (V4 hybrid_medium's took 31 s of the TensorFlow run).
+# in those two). The SavedModel (Keras' ExportArchive, with variables): V3
+# small only (V4 hybrid_medium's took 31 s of the TensorFlow run); LiteRT,
+# written from the frozen forward (`layers/litert_export.py`), converts all.
 RICHEST = ("v3_small", "v4_hybrid_medium")
 SUBSETS = {("jax", "onnx"): RICHEST, ("tensorflow", "onnx"): RICHEST,
            ("tensorflow", "tf_saved_model"): ("v3_small",)}
@@ -289,6 +289,24 @@ if "litert" in EXPORT_FORMATS:
         if name == "v4_hybrid_medium":
             assert {"BATCH_MATMUL", "SOFTMAX"} <= set(resolved)  # Mobile MQA
 
+    def test_litert_file_has_keras_signature_and_bad_settings_write_nothing(artifacts, tmp_path):
+        # `model.export` writes LiteRT from the frozen forward
+        # (`layers/litert_export.py`); the file keeps what Keras' own export
+        # writes (seen with `keras.Model.export`): one `serving_default`
+        # signature, the model's input name, `output_0`, a dynamic batch.
+        _, _, interpreter = litert_ops(artifacts("v3_small", "litert"))
+        assert interpreter.get_signature_list() == {
+            "serving_default": {"inputs": ["input"], "outputs": ["output_0"]}}
+        (inp,) = interpreter.get_input_details()
+        assert list(inp["shape_signature"]) == [-1, *SHAPE]
+        model = prepared("v3_small")[0]
+        path = tmp_path / "bad.tflite"
+        with pytest.raises(ValueError, match="Unknown converter attribute 'optimisations'"):
+            model.export(str(path), format="litert", optimisations=[])
+        with pytest.raises(ValueError, match="end with '.tflite'"):
+            model.export(str(tmp_path / "model.lite"), format="litert")
+        assert os.listdir(tmp_path) == []
+
 
 if BACKEND == "torch":
 
@@ -369,14 +387,12 @@ if BACKEND == "tensorflow":
             for i in range(len(calibration)):
                 yield [calibration[i : i + 1]]
 
-        converter = tf.lite.TFLiteConverter.from_saved_model(artifacts(name, "tf_saved_model"))
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        assert set(converter.target_spec.supported_ops) == {tf.lite.OpsSet.TFLITE_BUILTINS_INT8}
+        # The user's call (docs/deployment.md): converter settings as keywords.
         path = str(tmp_path / f"{name}_int8.tflite")
-        with open(path, "wb") as f:
-            f.write(converter.convert())
+        model.export(path, format="litert", verbose=False,
+                     optimizations=[tf.lite.Optimize.DEFAULT],
+                     representative_dataset=representative_dataset,
+                     target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]})
 
         resolved = assert_int8_builtin_ops(path)
 
