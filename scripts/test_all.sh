@@ -43,11 +43,10 @@ if [[ "${TEST_THREADS:-1}" != "1" ]]; then
 fi
 
 # The JAX run is split in two processes, so that both lanes end together:
-# these files run after TensorFlow, the rest before torch (see below). In the
-# last measured run before test_mobilenet_v4.py joined them (JAX: 40 s) the
-# lanes took 520 + 157 s beside 410 + 352 s.
+# these files run after TensorFlow, the rest before torch (see below; the
+# split is measured in README's "Run the tests").
 JAX_AFTER_TF=(tests/test_weights.py tests/test_features.py tests/test_mobilenet_v3.py
-              tests/test_mobilenet_v4.py)
+              tests/test_mobilenet_v4.py tests/test_export.py tests/test_models.py)
 
 jax_caches="$(mktemp -d)"
 trap 'rm -rf "${jax_caches}"' EXIT

@@ -32,6 +32,19 @@ def run_once(why):
     return pytest.mark.skipif(BACKEND != "torch", reason=f"backend-neutral, run once (torch): {why}")
 
 
+def once_except(cases, every_backend, why):
+    """`cases` for `pytest.mark.parametrize`: those in `every_backend` run on
+    every backend, the others on torch only (`run_once(why)`). A tuple case's
+    id is its items joined by "-"."""
+    marks = run_once(why)
+    params = []
+    for case in cases:
+        values = case if isinstance(case, tuple) else (case,)
+        key = "-".join(map(str, values))
+        params.append(pytest.param(*values, marks=() if key in every_backend else marks))
+    return params
+
+
 # Parameter counts: the same layer code builds the same weight shapes on every
 # backend, and every backend's logit tests load reference weights shape by shape.
 COUNTED_ONCE = run_once("weight shapes are the same layer code on every backend, whose logit "

@@ -162,6 +162,8 @@ def test_mac_counter_matches_reference(name):
     assert count_macs(factory()) == expected
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="backend-neutral, run once (torch): every backend "
+                    "counts V4 hybrid_medium's attention in the test above")
 def test_mac_counter_counts_attention():
     model = create_mobilenetv4("hybrid_large", input_shape=(None, None, 3))
     assert count_macs(model, (384, 384, 3)) == 7_711_877_120

@@ -15,7 +15,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from conftest import assert_matches_reference, infer, random_images, to_numpy
+from conftest import assert_matches_reference, infer, random_images, run_once, to_numpy
 
 from keras_mobilenets.architecture import MQA, Fused, stages_of
 from keras_mobilenets.layers import make_divisible
@@ -27,6 +27,13 @@ from mobilenet_v5 import VARIANTS as V5_VARIANTS
 from mobilenet_v5 import create_mobilenetv5
 
 keras_hub = pytest.importorskip("keras_hub")
+
+# A preset is read to numpy (with keras-hub or h5py) and assigned by the
+# layers' declared names, the same code on every backend: every backend loads
+# a V3 and a V5 preset and runs them against keras-hub's own models; the
+# refusals, readers and the larger preset run on torch only (suite time).
+HUB_ONCE = run_once("presets are read to numpy and assigned by declared names; every backend "
+                    "loads and runs a V3 and a V5 preset against keras-hub here")
 
 SIZE = 64
 CLASSES = 7
@@ -85,6 +92,7 @@ def small_050(tmp_path_factory):
     return with_head, backbone_only, backbone, classifier
 
 
+@HUB_ONCE
 def test_preset_files(small_050):
     with_head, backbone_only, _, _ = small_050
     assert {"config.json", "metadata.json", "model.weights.h5"} <= set(os.listdir(backbone_only))
@@ -116,6 +124,7 @@ def test_backbone_and_classifier_match_keras_hub(small_050):
     assert_matches_reference(infer(model, pixels), infer(backbone, normalised))
 
 
+@HUB_ONCE
 def test_h5_reader_matches_keras_hub(small_050):
     # Without keras-hub the preset is read with h5py: the same tensors.
     with_head = small_050[0]
@@ -127,11 +136,7 @@ def test_h5_reader_matches_keras_hub(small_050):
         np.testing.assert_array_equal(value, direct[key], err_msg=key)
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "jax",
-    reason="suite time: JAX compiles a new model for ~25 s; small_050 covers JAX, the "
-    "loading itself is numpy",
-)
+@HUB_ONCE
 def test_large_preset(tmp_path):
     backbone = keras_hub_backbone("mobilenetv3_large_100", seed=2)
     backbone.save_to_preset(str(tmp_path / "large"))
@@ -147,6 +152,7 @@ def weights_snapshot(model):
     return [to_numpy(w).copy() for w in model.weights]
 
 
+@HUB_ONCE
 def test_other_architecture_refused(small_050):
     with_head, backbone_only, _, _ = small_050
     for kwargs, requested in [
@@ -178,6 +184,7 @@ def test_other_architecture_refused(small_050):
     assert all(np.array_equal(to_numpy(w), b) for w, b in zip(model.weights, before))
 
 
+@HUB_ONCE
 def test_not_a_preset(small_050, tmp_path, monkeypatch):
     backbone_only = small_050[1]
     model = create_mobilenetv3(
@@ -249,6 +256,7 @@ def keras_hub_v5_config(variant, width=1.0):
     )
 
 
+@HUB_ONCE
 def test_v5_300m_config_is_keras_hubs():
     # keras-hub's own mobilenetv5_300m (its Gemma 3n preset) is our 300m.
     from keras_hub.src.utils.timm.convert_mobilenetv5 import convert_backbone_config
@@ -287,6 +295,7 @@ def test_v5_preset_matches_keras_hub(v5_base):
     assert_matches_reference(infer(model, x), infer(backbone, x))
 
 
+@HUB_ONCE
 def test_v5_preset_refused(v5_base, tmp_path):
     path = v5_base[0]
     for kwargs, match in [
@@ -312,10 +321,7 @@ def test_v5_preset_refused(v5_base, tmp_path):
         create_mobilenetv5("base", 0.25, include_top=False, weights=str(other))
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "jax",
-    reason="suite time: a second MobileNetV5 build; the check itself is backend-independent",
-)
+@HUB_ONCE
 def test_v5_preset_into_tanh_gelu_model_refused(v5_base, tmp_path):
     # timm's MobileNetV5 (tanh GELU) of the same widths: refused, unchanged.
     model = create_mobilenetv5(

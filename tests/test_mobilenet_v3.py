@@ -34,8 +34,11 @@ def test_parameter_count_matches_keras_without_top(variant, width, minimalistic)
     assert ours.count_params() == ref.count_params()
 
 
+# Off torch without the minimalistic models, whose layers (ReLU, no SE, 3x3
+# kernels) are a subset of the others', and the feature map of V3 small only
+# (same layers as large): suite time, 34 s of the JAX run.
 @pytest.mark.parametrize("variant", ["large", "small"])
-@pytest.mark.parametrize("minimalistic", [False, True])
+@pytest.mark.parametrize("minimalistic", [False, True] if BACKEND == "torch" else [False])
 def test_logits_match_keras_applications(variant, minimalistic):
     ref = randomize_keras_model(
         KERAS_V3[variant](minimalistic=minimalistic, weights=None, classifier_activation=None)
@@ -48,7 +51,8 @@ def test_logits_match_keras_applications(variant, minimalistic):
     assert_matches_reference(infer(ours, x), expected)
 
 
-@pytest.mark.parametrize("variant, channels", [("large", 960), ("small", 576)])
+@pytest.mark.parametrize("variant, channels",
+                         [("large", 960), ("small", 576)] if BACKEND == "torch" else [("small", 576)])
 def test_feature_map_matches_keras_applications(variant, channels):
     ref = randomize_keras_model(KERAS_V3[variant](include_top=False, weights=None), seed=1)
     ours = create_mobilenetv3(variant, include_top=False)

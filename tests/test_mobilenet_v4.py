@@ -9,6 +9,7 @@ from conftest import (
     calibrated_timm_model,
     infer,
     random_images,
+    run_once,
     timm_forward,
 )
 
@@ -22,6 +23,7 @@ VARIANTS_CHECKED = ["conv_small", "conv_medium", "conv_large", "hybrid_medium", 
 DEFAULT_SIZE = {v: spec.arch.default_size for v, spec in VARIANTS.items()}
 
 
+@run_once("width rounding is the builder's; every backend runs hybrid_medium below")
 @pytest.mark.parametrize("width", [0.6, 1.3])
 def test_hybrid_odd_widths_build_and_run(width):
     model = create_mobilenetv4("hybrid_medium", width, input_shape=(64, 64, 3), num_classes=4)
@@ -30,10 +32,11 @@ def test_hybrid_odd_widths_build_and_run(width):
 
 
 # The default resolution runs on the torch backend (the fastest here for
-# these models); the other backends check the same numerics at 96 px, the
-# size of test_weights.py's timm checks, whose calibrated models they share
-# (and on JAX one size compiles each op once).
-@pytest.mark.parametrize("variant", VARIANTS_CHECKED)
+# these models); the other backends check the same numerics at 96 px (on JAX
+# one size compiles each op once), without conv_large, whose blocks and
+# activation are conv_medium's (suite time: 16 s of the JAX run).
+@pytest.mark.parametrize("variant", VARIANTS_CHECKED if BACKEND == "torch"
+                         else [v for v in VARIANTS_CHECKED if v != "conv_large"])
 def test_logits_match_timm(variant):
     size = DEFAULT_SIZE[variant] if BACKEND == "torch" else 96
     ref = calibrated_timm_model(f"mobilenetv4_{variant}", size)

@@ -6,7 +6,7 @@ test_mobilenet_v1_v2.py, test_mobilenet_v3.py and test_mobilenet_v4.py.
 
 import keras
 import pytest
-from conftest import COUNTED_ONCE
+from conftest import BACKEND, COUNTED_ONCE
 from harness import (
     FAMILIES,
     check_dynamic_input_shapes,
@@ -20,6 +20,11 @@ from harness import (
 )
 
 VERSIONS = list(FAMILIES)
+# Off torch, the shape, dynamic-size and .keras checks run on V3 and V4, which
+# hold every layer type of V1 and V2 (the factories are backend-neutral code;
+# V1's and V2's forward on every backend is checked against keras.applications
+# in test_mobilenet_v1_v2.py). Suite time: 50 s of the JAX run.
+CHECKED = VERSIONS if BACKEND == "torch" else [v for v in VERSIONS if v not in ("v1", "v2")]
 
 
 @COUNTED_ONCE  # the full-size builds took 25 s on TensorFlow
@@ -28,22 +33,22 @@ def test_parameter_count(version, key):
     check_parameter_count(version, key)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", CHECKED)
 def test_output_shapes(version):
     check_output_shapes(version)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", CHECKED)
 def test_forward_is_a_distribution(version):
     check_forward_is_a_distribution(version)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", CHECKED)
 def test_dynamic_input_shapes(version):
     check_dynamic_input_shapes(version)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", CHECKED)
 def test_keras_file_round_trip(version, tmp_keras_path):
     check_keras_file_round_trip(version, tmp_keras_path)
 

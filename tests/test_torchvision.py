@@ -15,7 +15,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import assert_matches_reference, random_images, to_numpy
+from conftest import assert_matches_reference, once_except, random_images, run_once, to_numpy
 
 from keras_mobilenets import create_mobilenetv1, create_mobilenetv2, create_mobilenetv3
 from keras_mobilenets.weights import Checkpoint, get_checkpoint, load_file, register_checkpoint
@@ -91,7 +91,15 @@ def ckpt_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("torchvision"))
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+# The .pth file is read to numpy and assigned by the layers' declared names,
+# the same code on every backend; every backend loads and runs V2 and V3
+# small (torchvision's two BatchNorm epsilons), the rest runs on torch only.
+ONCE = ("the file is read to numpy and assigned by declared names; every backend loads and runs "
+        "torchvision's V2 and V3 small here")
+TORCHVISION_ONCE = run_once(ONCE)
+
+
+@pytest.mark.parametrize("name", once_except(MODELS, {"mobilenet_v2", "mobilenet_v3_small"}, ONCE))
 def test_torchvision_pth_logits_and_counts(name, ckpt_dir):
     factory, count, epsilon = MODELS[name]
     ref = calibrated_torchvision_model(name)
@@ -109,6 +117,7 @@ def test_torchvision_pth_logits_and_counts(name, ckpt_dir):
     assert_matches_reference(run(model, x), expected)
 
 
+@TORCHVISION_ONCE
 def test_without_top_drops_torchvisions_classifier(ckpt_dir):
     ref = calibrated_torchvision_model("mobilenet_v2")
     model = create_mobilenetv2(weights=torchvision_file("mobilenet_v2", ckpt_dir),
@@ -120,6 +129,7 @@ def test_without_top_drops_torchvisions_classifier(ckpt_dir):
     np.testing.assert_array_equal(to_numpy(model.layers[-1].bn.moving_variance), head[1].running_var)
 
 
+@TORCHVISION_ONCE
 def test_registry_names_urls_and_preprocessing():
     resize = {"IMAGENET1K_V1": 256, "IMAGENET1K_V2": 232}
     files = {
@@ -146,6 +156,7 @@ def test_registry_names_urls_and_preprocessing():
     assert default_checkpoint("v3", "small", 1.0, False, "torchvision").name.endswith("V1")
 
 
+@TORCHVISION_ONCE
 def test_download_by_name_checks_the_hash_in_the_file_name(ckpt_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_MOBILENETS_CACHE", str(tmp_path / "cache"))
     path = torchvision_file("mobilenet_v3_small", ckpt_dir)
@@ -170,6 +181,7 @@ def test_download_by_name_checks_the_hash_in_the_file_name(ckpt_dir, tmp_path, m
     assert not any((tmp_path / "cache").glob("*bad_hash*"))
 
 
+@TORCHVISION_ONCE
 def test_unknown_torchvision_name_lists_the_valid_ones():
     with pytest.raises(ValueError) as info:
         create_mobilenetv3("large", weights="torchvision/mobilenet_v3_large.IMAGENET1K_V3")
@@ -183,6 +195,7 @@ def test_unknown_torchvision_name_lists_the_valid_ones():
         create_mobilenetv2(weights="torchvision/mobilenet_v2.IMAGENET1K_V2", style="timm")
 
 
+@TORCHVISION_ONCE
 def test_wrong_architecture_is_refused_and_the_model_unchanged(ckpt_dir):
     small = torchvision_file("mobilenet_v3_small", ckpt_dir)
     model = create_mobilenetv3("small", style="torchvision", input_shape=(SIZE, SIZE, 3))
@@ -196,6 +209,7 @@ def test_wrong_architecture_is_refused_and_the_model_unchanged(ckpt_dir):
         create_mobilenetv1(weights=small)
 
 
+@TORCHVISION_ONCE
 def test_torchvision_style_is_listed_and_checked():
     with pytest.raises(ValueError, match="'keras', 'timm', 'torchvision'"):
         create_mobilenetv2(style="caffe")

@@ -15,8 +15,10 @@ from conftest import (
     calibrated_timm_model,
     infer,
     max_abs_diff,
+    once_except,
     random_images,
     randomize_keras_model,
+    run_once,
     timm_forward,
     to_numpy,
 )
@@ -32,6 +34,17 @@ from mobilenet_v4 import create_mobilenetv4
 from mobilenet_v4 import preprocess_input as v4_preprocess
 
 SIZE = 96  # small inputs: these tests are about the file formats
+
+# Reading a file, converting its tensors and assigning them shape by shape is
+# numpy and the same code on every backend; each backend's forward with the
+# references' weights is checked in test_mobilenet_v1_v2/v3/v4.py through the
+# same loaders. So one file per format loads on every backend (EVERY_BACKEND),
+# the rest on torch only (suite time: 138 s of the JAX run).
+ONCE = ("files are read to numpy and assigned shape by shape; every backend loads one file per "
+        "format here, and test_mobilenet_v*.py checks each backend's forward with the "
+        "references' weights")
+FILES_ONCE = run_once(ONCE)
+EVERY_BACKEND = {"mobilenetv3_small_100", "v1-top"}
 
 # Every timm model the version issues name, with the factory call that matches it.
 TIMM_MODELS = {
@@ -69,7 +82,7 @@ class NotWeights:
     """An arbitrary object: `torch.load(weights_only=True)` must refuse it."""
 
 
-@pytest.mark.parametrize("name", list(TIMM_MODELS))
+@pytest.mark.parametrize("name", once_except(TIMM_MODELS, EVERY_BACKEND, ONCE))
 def test_timm_safetensors_logits(name, ckpt_dir):
     ref, path = timm_checkpoint(name, ckpt_dir)
     model = TIMM_MODELS[name](
@@ -81,6 +94,7 @@ def test_timm_safetensors_logits(name, ckpt_dir):
     assert_matches_reference(infer(model, x), expected)
 
 
+@FILES_ONCE
 def test_timm_pth_read_weights_only(ckpt_dir, tmp_path):
     import torch
 
@@ -97,6 +111,7 @@ def test_timm_pth_read_weights_only(ckpt_dir, tmp_path):
         create_mobilenetv4("conv_small", weights=path, input_shape=(SIZE, SIZE, 3))
 
 
+@FILES_ONCE
 def test_timm_weights_without_top_drop_the_head(ckpt_dir):
     ref, path = timm_checkpoint("mobilenetv4_hybrid_medium", ckpt_dir)
     model = create_mobilenetv4("hybrid_medium", weights=path, include_top=False,
@@ -132,9 +147,10 @@ def save_legacy_h5(model, path):
     return path
 
 
-@pytest.mark.parametrize("version", list(KERAS_REFS))
-@pytest.mark.parametrize("top", [True, False], ids=["top", "no_top"])
+@pytest.mark.parametrize("version, top", once_except(
+    [(version, top) for top in ("top", "no_top") for version in KERAS_REFS], EVERY_BACKEND, ONCE))
 def test_keras_applications_h5_logits(version, top, tmp_path):
+    top = top == "top"
     ref_fn, ours_fn = KERAS_REFS[version]
     ref = randomize_keras_model(ref_fn(top))
     path = save_legacy_h5(ref, str(tmp_path / f"{version}.h5"))
@@ -143,6 +159,7 @@ def test_keras_applications_h5_logits(version, top, tmp_path):
     assert_matches_reference(infer(model, x), infer(ref, x))
 
 
+@FILES_ONCE
 def test_keras_h5_with_top_loads_into_model_without_top(tmp_path):
     ref = randomize_keras_model(keras.applications.MobileNetV2(
         input_shape=(SIZE, SIZE, 3), alpha=0.35, weights=None))
@@ -161,6 +178,7 @@ def assert_unchanged(model, snapshot):
     assert all(np.array_equal(to_numpy(w), s) for w, s in zip(model.weights, snapshot))
 
 
+@FILES_ONCE
 def test_bad_files_raise_and_leave_model_unchanged(ckpt_dir, tmp_path):
     from keras_mobilenets.weights import load_file
 
@@ -191,6 +209,7 @@ def test_bad_files_raise_and_leave_model_unchanged(ckpt_dir, tmp_path):
         assert_unchanged(model, before)
 
 
+@FILES_ONCE
 def test_mismatch_found_after_partial_match_leaves_model_unchanged(ckpt_dir, tmp_path):
     # All tensors but the classifier fit: nothing may be written.
     from safetensors.numpy import load_file as read
@@ -211,6 +230,7 @@ def test_mismatch_found_after_partial_match_leaves_model_unchanged(ckpt_dir, tmp
     assert_unchanged(model, before)
 
 
+@FILES_ONCE
 def test_imagenet_errors_before_any_download():
     with pytest.raises(ValueError, match="1000-class classifier but num_classes=10"):
         create_mobilenetv4("conv_small", weights="imagenet", num_classes=10)
@@ -245,6 +265,7 @@ def http_server(tmp_path):
     server.server_close()
 
 
+@FILES_ONCE
 def test_download_checks_hash_and_never_caches_a_bad_file(
     http_server, ckpt_dir, tmp_path, monkeypatch
 ):
@@ -279,6 +300,7 @@ def test_download_checks_hash_and_never_caches_a_bad_file(
     assert max_abs_diff(infer(again, x), infer(model, x)) == 0.0
 
 
+@FILES_ONCE
 def test_converter_writes_loadable_weights(ckpt_dir, tmp_path):
     ref, path = timm_checkpoint("mobilenetv3_large_100", ckpt_dir)
     out = str(tmp_path / "v3l.weights.h5")
@@ -291,6 +313,7 @@ def test_converter_writes_loadable_weights(ckpt_dir, tmp_path):
     assert_matches_reference(infer(model, x), timm_forward(ref, x))
 
 
+@FILES_ONCE
 def test_checkpoint_preprocessing_is_exposed():
     ckpt = get_checkpoint("timm/mobilenetv4_conv_medium.e500_r256_in1k")
     assert ckpt is get_checkpoint("mobilenetv4_conv_medium.e500_r256_in1k")
@@ -303,6 +326,7 @@ def test_checkpoint_preprocessing_is_exposed():
     np.testing.assert_allclose(to_numpy(v4_preprocess(x)), expected, rtol=1e-5)
 
 
+@FILES_ONCE
 def test_v3_in_model_preprocessing_follows_the_checkpoint():
     x = np.array([[[[0.0, 127.5, 255.0]]]], "float32")
     keras_style = to_numpy(preprocessing_layer(None)(x))
