@@ -22,8 +22,8 @@ import tempfile
 class _NoGradientWarning(logging.Filter):
     """Drops the loader's warning that the constant graph's custom-gradient
     ops (hard-swish and GELU keep only their inputs for training) have no
-    saved gradient: a `.tflite` file holds no gradients. A filter, because
-    saving resets the absl logger's level."""
+    saved gradient: a `.tflite` file holds no gradients. A filter: the
+    logger's level was reset on the way (seen with `setLevel`)."""
 
     def filter(self, record):
         return "unsaved custom gradients" not in str(record.msg)

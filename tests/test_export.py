@@ -622,6 +622,8 @@ def start_subprocesses_first(request):
 # --- the example script ---------------------------------------------------------
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="backend-neutral, run once (torch): each backend's "
+                    "export of V3 small to ONNX is test_export_matches_keras above")
 def test_example_script_exports_and_verifies(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     example = EXAMPLE
