@@ -115,8 +115,8 @@ def build(args, num_classes):
     x = keras.layers.Dropout(0.2)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="digits")(x)
     # The factories' model class instead of keras.Model: on TensorFlow the first
-    # fit traces the train step once, not twice (two steps of this model: 31-33 s
-    # with keras.Model, 15-18 s with it, in two runs on one thread).
+    # fit traces the train step once, not twice (README, "Feature extraction and
+    # fine-tuning").
     from keras_mobilenets.layers.fast_call import FastFunctional
 
     return FastFunctional(inputs, outputs, name=f"digits_{args.model}")

@@ -199,7 +199,7 @@ class FastFunctional(FastCall, Functional):
         see `export_graph`), on JAX the depthwise convolutions exported
         as such (`depthwise_as_conv`), and LiteRT files on TensorFlow written
         from the frozen forward instead of a SavedModel with variables
-        (`litert_export`: one trace instead of five)."""
+        (`litert_export`: the forward traced once, not three times)."""
         from .depthwise_conv import depthwise_as_conv
 
         if format == "litert" and _TENSORFLOW:

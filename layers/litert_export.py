@@ -3,15 +3,14 @@
 Keras' LiteRT export writes the model as a SavedModel with its variables
 (`ExportArchive`: the forward traced three times, a save and a restore
 function traced for the checkpoint) and the converter loads it back twice
-before freezing the variables into constants. For MobileNetV3 small at 64²
-that took 35 s, most of it in SavedModel machinery the `.tflite` file never
-holds. Here the forward is traced once, its variables frozen into constants
-(what the converter does anyway), and only that constant graph goes through
-a SavedModel to the converter, so the file keeps Keras' signature
-(`serving_default`, inputs named as the model's, outputs `output_0`...): 6 s
-for the same model, the same operators and outputs equal to float rounding
-(`tests/test_export.py` checks both against Keras' own export).
-"""
+before freezing the variables into constants: most of the export's time goes
+to SavedModel machinery the `.tflite` file never holds. Here the forward is
+traced once and its variables frozen into constants (what the converter does
+anyway); only that constant graph goes through a SavedModel to the
+converter, so the file keeps Keras' signature (`serving_default`, inputs
+named as the model's, outputs `output_0`...) and the same operators.
+`tests/test_export.py` checks the signature and each file's outputs against
+the Keras model; timings in `docs/deployment.md`."""
 
 import contextlib
 import logging
@@ -119,4 +118,3 @@ def export_litert(model, filepath, input_signature=None, verbose=None, **kwargs)
     if verbose is None or verbose:
         io_utils.print_msg(f"Saved artifact at '{filepath}'.")
     return filepath
-
