@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from conftest import infer, max_abs_diff, random_images, to_numpy
 
+from keras_mobilenets.architecture import DS, IR, MQA, UIB, Architecture, Conv, Fused, Head, Variant
+from keras_mobilenets.builder import build_model
 from mobilenet_v1 import create_mobilenetv1
 from mobilenet_v2 import create_mobilenetv2
 from mobilenet_v3 import create_mobilenetv3
@@ -255,3 +257,26 @@ def check_fit(version, size=SIZE):
     for w, old in zip(model.weights, before):
         if w.trainable or "moving" in w.path:
             assert not np.array_equal(to_numpy(w), old), w.path
+
+
+# Every row type of the block language in one small table, through the same
+# builder: for checks of whole-model machinery whose cost grows with the
+# layer count (Dynamo's trace walks Keras' Python for every layer), not of
+# any published variant's numerics.
+EVERY_ROW = Architecture(
+    version="v4", stem=8, activation="hard_swish", layer_scale=1e-5, in_model_preprocessing=True,
+    default_style="timm", head=Head(hidden=32, hidden_bias=False, hidden_norm=True),
+    stages=[
+        [DS(8, stride=2, se=0.25, act="relu")],
+        [IR(16, 3, kernel=5, stride=2, se=0.25), Fused(16, 2, stride=1)],
+        [UIB(24, 3, 5, 2, stride=2), UIB(24, 0, 3, 2), UIB(24, 3, 0, 2), UIB(24, 0, 0, 2),
+         MQA(2, 8, 2)],
+        [Conv(32)],
+    ],
+)
+
+
+def every_row_model(**kwargs):
+    """A model of `EVERY_ROW` (with V3's in-model rescaling: [0, 255] inputs)."""
+    return build_model("EveryRow", {"every_row": Variant(EVERY_ROW)}, "every_row",
+                       include_preprocessing=True, **kwargs)

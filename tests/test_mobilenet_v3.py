@@ -35,9 +35,10 @@ def test_parameter_count_matches_keras_without_top(variant, width, minimalistic)
 
 
 # Off torch without the minimalistic models, whose layers (ReLU, no SE, 3x3
-# kernels) are a subset of the others', and the feature map of V3 small only
-# (same layers as large): suite time, 34 s of the JAX run.
-@pytest.mark.parametrize("variant", ["large", "small"])
+# kernels) are a subset of the others', the logits of V3 large and the
+# feature map of V3 small (the same layers in another table): suite time,
+# 43 s of the JAX run.
+@pytest.mark.parametrize("variant", ["large", "small"] if BACKEND == "torch" else ["large"])
 @pytest.mark.parametrize("minimalistic", [False, True] if BACKEND == "torch" else [False])
 def test_logits_match_keras_applications(variant, minimalistic):
     ref = randomize_keras_model(
@@ -69,7 +70,9 @@ def test_feature_map_matches_keras_applications(variant, channels):
 TIMM_SIZE = 224 if BACKEND == "torch" else 96
 
 
-@pytest.mark.parametrize("variant", ["large", "small"])
+# Off torch, V3 small's timm numerics are test_weights.py's (its safetensors
+# file, on every backend, at this size).
+@pytest.mark.parametrize("variant", ["large", "small"] if BACKEND == "torch" else ["large"])
 def test_logits_match_timm(variant):
     ref = calibrated_timm_model(f"mobilenetv3_{variant}_100", TIMM_SIZE)
     ours = create_mobilenetv3(

@@ -6,7 +6,7 @@ test_mobilenet_v1_v2.py, test_mobilenet_v3.py and test_mobilenet_v4.py.
 
 import keras
 import pytest
-from conftest import BACKEND, COUNTED_ONCE
+from conftest import BACKEND, COUNTED_ONCE, once_except
 from harness import (
     FAMILIES,
     check_dynamic_input_shapes,
@@ -43,12 +43,16 @@ def test_forward_is_a_distribution(version):
     check_forward_is_a_distribution(version)
 
 
-@pytest.mark.parametrize("version", CHECKED)
+# Off torch, V4's dynamic sizes are test_mobilenet_v4.py's (hybrid_medium at
+# odd sizes against timm), and its .keras file (the hybrid, with attention,
+# LayerScale and DropPath) is the richest: V3 runs one, V4 the other (suite
+# time: 20 s of the JAX run).
+@pytest.mark.parametrize("version", CHECKED if BACKEND == "torch" else ["v3"])
 def test_dynamic_input_shapes(version):
     check_dynamic_input_shapes(version)
 
 
-@pytest.mark.parametrize("version", CHECKED)
+@pytest.mark.parametrize("version", CHECKED if BACKEND == "torch" else ["v4"])
 def test_keras_file_round_trip(version, tmp_keras_path):
     check_keras_file_round_trip(version, tmp_keras_path)
 
@@ -60,10 +64,15 @@ def policy():
     keras.config.set_dtype_policy(old)
 
 
-# V3 and V4 hold every layer type of V1 and V2 (suite time: 37 s of XLA
-# compiling for the eight cases on JAX).
-@pytest.mark.parametrize("name", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("version", ["v3", "v4"])
+# V3 and V4 hold every layer type of V1 and V2. Off torch, each policy runs
+# on one of them: float16 on V4's hybrid (its attention logits must stay
+# float32), bfloat16 on V3 (suite time: 28 s of XLA compiling on JAX).
+MIXED_CASES = [(v, p) for v in ("v3", "v4") for p in ("mixed_float16", "mixed_bfloat16")]
+
+
+@pytest.mark.parametrize("version, name", once_except(
+    MIXED_CASES, ("v4-mixed_float16", "v3-mixed_bfloat16"),
+    "the layers cast by the policy alike; every backend runs each policy on one model"))
 def test_mixed_precision_forward(version, name, policy):
     policy(name)
     check_mixed_precision_forward(version, name)

@@ -91,16 +91,20 @@ def mixed_float16():
 
 
 # V3 and V4: their blocks contain every layer type of V1 and V2 (convolutions,
-# depthwise, BatchNorm, ReLU6, residual adds). A fit costs 13-23 s of
-# compiling per model on TensorFlow and JAX, so those two split the pair
-# (the loss scaling under test is per backend); torch fits both.
-MIXED_FLOAT16_FITS = {"tensorflow": ["v3"], "jax": ["v4"], "torch": ["v3", "v4"]}
+# depthwise, BatchNorm, ReLU6, residual adds). One fit per backend (the loss
+# scaling under test is per backend; a fit costs 13-47 s of compiling on
+# TensorFlow and JAX, and V4's took 31 s of the torch run): the three
+# backends split the pair.
+MIXED_FLOAT16_FITS = {"tensorflow": ["v3"], "jax": ["v4"], "torch": ["v3"]}
 
 
 @pytest.mark.parametrize("version", MIXED_FLOAT16_FITS[keras.backend.backend()])
 def test_mixed_float16_training_stays_finite(version, mixed_float16):
     model = SMALL[version](num_classes=5)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    # SGD: Adam's update compiled 8 s more of V4's train step on JAX; the
+    # loss scaling wraps any optimizer alike.
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (80, *SHAPE)).astype("float32")
     y = rng.integers(0, 5, 80)
@@ -113,7 +117,9 @@ def test_mixed_float16_training_stays_finite(version, mixed_float16):
         assert np.all(np.isfinite(to_numpy(w))), w.path
 
 
-@pytest.mark.parametrize("version", ["v3", "v4"])  # every initializer of V1 and V2 too
+# V3 and V4 hold every initializer of V1 and V2 too; off torch, V4 (suite
+# time: V3's took 16 s of the TensorFlow run).
+@pytest.mark.parametrize("version", ["v3", "v4"] if BACKEND == "torch" else ["v4"])
 def test_same_seed_same_weights(version):
     def build(seed):
         keras.utils.set_random_seed(seed)
