@@ -30,6 +30,8 @@ def test_transfer_learning_weights_none_means_random_init():
     assert example.parse_args(["--weights", "imagenet"]).weights == "imagenet"
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="backend-neutral, run once (torch): the example "
+                    "builds its model with Keras layers; its training runs in test_features.py")
 def test_transfer_learning_feeds_v4_weights_imagenet_mean_std(tmp_path):
     """A V4 (timm) backbone gets (x / 255 - ImageNet mean) / std, not [-1, 1]."""
     example = load_example("transfer_learning")

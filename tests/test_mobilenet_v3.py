@@ -86,6 +86,7 @@ def test_logits_match_timm(variant):
     assert_matches_reference(infer(ours, x), expected)
 
 
+@COUNTED_ONCE
 def test_timm_width_rules():
     # timm keeps the stem for widths < 0.75 and never scales the 1280 head;
     # keras.applications keeps the stem at 16 and scales the head above 1.

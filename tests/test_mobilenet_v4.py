@@ -59,6 +59,8 @@ def test_dynamic_and_odd_input_sizes_match_timm():
         assert_matches_reference(infer(ours, x), timm_forward(ref, x))
 
 
+@run_once("the rates are the builder's numbers; drop path runs on every backend in the "
+          ".keras round trip of test_models.py and the fits")
 def test_drop_path_rises_linearly():
     model = create_mobilenetv4("conv_medium", input_shape=(None, None, 3), drop_path_rate=0.2)
     rates = [layer.drop_path_rate for layer in model.layers if hasattr(layer, "drop_path_rate")]

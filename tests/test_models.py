@@ -38,7 +38,9 @@ def test_output_shapes(version):
     check_output_shapes(version)
 
 
-@pytest.mark.parametrize("version", CHECKED)
+# Off torch, V4 (the softmax head is the builder's, the same for every
+# version; each version's forward runs on every backend against its reference).
+@pytest.mark.parametrize("version", CHECKED if BACKEND == "torch" else ["v4"])
 def test_forward_is_a_distribution(version):
     check_forward_is_a_distribution(version)
 
