@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import warnings
 
@@ -168,23 +169,56 @@ def test_predict_prints_top_classes(resumed_run, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-@WORKFLOW
-def test_saved_model_loads_in_a_fresh_process_after_import(resumed_run):
-    model = os.path.join(resumed_run["out"], "best.keras")
-    code = (
-        "import sys, keras, numpy as np\n"
-        "import keras_mobilenets  # registers the layers (README: import it first)\n"
-        "model = keras.saving.load_model(sys.argv[1])\n"
-        "print(model.predict(np.zeros((1, 32, 32, 3), 'float32'), verbose=0).shape)\n"
-    )
+@pytest.fixture(scope="module")
+def fresh_process(resumed_run):
+    """A fresh process in a user's project folder, whose own `layers.py` and
+    `weights.py` must not shadow ours (ML projects often have both): it
+    loads the run's saved model after `import keras_mobilenets` and builds
+    two models through the documented imports. One process for both checks
+    (a fresh process spends 10-15 s importing the libraries)."""
+    project = resumed_run["tmp"] / "project"
+    project.mkdir()
+    for name in ("layers", "weights"):
+        (project / f"{name}.py").write_text(f"raise ImportError('user {name}.py imported')\n")
+    (project / "main.py").write_text(textwrap.dedent("""
+        import sys
+        import keras
+        import numpy as np
+        import keras_mobilenets  # registers the layers (README: import it first)
+
+        model = keras.saving.load_model(sys.argv[1])
+        print("loaded", model.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).shape)
+
+        from keras_mobilenets import create_mobilenetv3
+        from mobilenet_v4 import create_mobilenetv4
+
+        a = create_mobilenetv3("small", input_shape=(32, 32, 3), num_classes=3)
+        b = create_mobilenetv4("conv_small", input_shape=(32, 32, 3), num_classes=4)
+        x = np.zeros((1, 32, 32, 3), "float32")
+        # Compiled on JAX, where an eager call compiles every op on its own.
+        jax = keras.backend.backend() == "jax"
+        run = (lambda m: m.predict_on_batch(x)) if jax else (lambda m: m(x))
+        print("built", tuple(run(a).shape), tuple(run(b).shape))
+    """))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=BACKEND)
-    done = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True,
-                          env=env, cwd=str(resumed_run["tmp"]), timeout=300)
+    model = os.path.join(resumed_run["out"], "best.keras")
+    done = subprocess.run([sys.executable, "main.py", model], capture_output=True, text=True,
+                          env=env, cwd=str(project), timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().endswith("(1, 2)")
+    return done.stdout.strip().splitlines()
+
+
+@WORKFLOW
+def test_saved_model_loads_in_a_fresh_process_after_import(fresh_process):
+    assert "loaded (1, 2)" in fresh_process
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     assert "needs\n`import keras_mobilenets` first" in readme or \
         "needs `import keras_mobilenets` first" in " ".join(readme.split())
+
+
+@WORKFLOW
+def test_user_layers_and_weights_modules_do_not_shadow_ours(fresh_process):
+    assert fresh_process[-1] == "built (1, 3) (1, 4)"
 
 
 # ------------------------------------------------------------- bad inputs
