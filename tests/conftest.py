@@ -7,6 +7,7 @@ actually produces, so a wrong padding, transpose or epsilon shows up.
 """
 
 import functools
+import importlib.util
 import os
 import sys
 
@@ -43,6 +44,16 @@ def pytest_unconfigure(config):
 
 
 _EXIT_STATUS = pytest.StashKey[int]()
+
+
+def load_example(name):
+    """`examples/<name>.py` as a module (the examples are scripts, not a package)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", os.path.join(root, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_once(why):

@@ -1,26 +1,18 @@
 """The examples and documented snippets as a new user runs them."""
 
-import importlib.util
 import os
 import re
 
 import keras
 import numpy as np
 import pytest
+from conftest import load_example
 
 from keras_mobilenets import create_mobilenetv4
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
 
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(
-        f"example_{name}", os.path.join(ROOT, "examples", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_transfer_learning_weights_none_means_random_init():

@@ -29,7 +29,6 @@ depends on the image. `prepared` checks that the logits vary across the
 test images by at least 50x the export tolerance.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, max_abs_diff, to_numpy
+from conftest import BACKEND, load_example, max_abs_diff, to_numpy
 
 from keras_mobilenets.weights.assign import leaf_layers
 from mobilenet_v3 import create_mobilenetv3
@@ -108,18 +107,10 @@ def export_cases():
             yield pytest.param(name, fmt, id=f"{BACKEND}-{fmt}-{name}")
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location(
-        "export_example", os.path.join(ROOT, "examples", "export.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # The example script's helpers serve the tests too: `forward` (jit-compiled on
 # JAX) and the BatchNorm calibration.
-EXAMPLE = load_example()
+EXAMPLE = load_example("export")
 forward = EXAMPLE.forward
 
 
@@ -426,11 +417,7 @@ if BACKEND == "tensorflow":
 
     @pytest.mark.parametrize("name", ["v3_small"])
     def test_int8_on_example_dataset(name, tmp_path):
-        spec = importlib.util.spec_from_file_location(
-            "int8_digits", os.path.join(ROOT, "examples", "int8_digits.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_example("int8_digits")
         result = module.main(["--model", name, "--epochs", "2", "--calibration-images", "64",
                               "--out", str(tmp_path)])
         assert result["validation_images"] == 360
