@@ -30,15 +30,19 @@ pip_install=(python -m pip install --quiet --no-compile)
 
 # Let imports write their bytecode, and write it for the heavy packages once,
 # in two processes, before the test processes all compile the same modules.
+# A failed import here only costs that: the tests report it themselves.
 unset PYTHONDONTWRITEBYTECODE
-if ! python -c "import importlib.util as u, os, sys
-sys.exit(not os.path.isdir(os.path.join(os.path.dirname(u.find_spec('torch').origin), '__pycache__')))"
-then
+compile_imports() {
     python -c "import torch, torchvision, timm, torch._dynamo, torch._inductor.compile_fx, \
 safetensors, onnx, onnxruntime, PIL.Image, sklearn.datasets" &
     TF_CPP_MIN_LOG_LEVEL=2 python -c "import tensorflow, jax, keras, keras_hub, tf2onnx, \
 jax2onnx, h5py, ai_edge_litert.interpreter, matplotlib.pyplot"
     wait $!
+}
+if ! python -c "import importlib.util as u, os, sys
+sys.exit(not os.path.isdir(os.path.join(os.path.dirname(u.find_spec('torch').origin), '__pycache__')))"
+then
+    compile_imports || echo "test_all.sh: an import failed while compiling bytecode" >&2
 fi
 
 ruff check .
