@@ -70,7 +70,8 @@ fi
 # split is measured in README's "Run the tests").
 JAX_AFTER_TF=(tests/test_weights.py tests/test_features.py tests/test_mobilenet_v3.py
               tests/test_mobilenet_v4.py tests/test_export.py tests/test_models.py
-              tests/test_robustness.py tests/test_mobilenet_v5.py tests/test_quantize.py)
+              tests/test_robustness.py tests/test_mobilenet_v5.py tests/test_quantize.py
+              tests/test_mobilenet_v1_v2.py tests/test_torchvision.py)
 
 # run_backend NAME [pytest args]: NAME is a backend, or jax-1 / jax-2 for the
 # two halves of the JAX run.
