@@ -32,10 +32,10 @@ keras_hub = pytest.importorskip("keras_hub")
 # layers' declared names, the same code on every backend: every backend loads
 # a V3 classifier preset and runs it against keras-hub's own model; its
 # backbone alone, the V5 preset, the refusals, readers and the larger preset
-# run on torch only (suite time: the
-# V5 preset took 20 s of the TensorFlow run and 29 s of the JAX run; V5's
-# forward runs on every backend against timm in test_mobilenet_v5.py, and
-# keras-hub's SAME padding is the keras style of V1-V3).
+# run on torch only (suite time: the V5 preset took 20 s of the TensorFlow run
+# and 29 s of the JAX run; V5's forward runs on every backend against timm in
+# test_mobilenet_v5.py, and keras-hub's SAME padding is the keras style of
+# V1-V3).
 HUB_ONCE = run_once("presets are read to numpy and assigned by declared names; every backend "
                     "loads and runs a V3 preset against keras-hub here")
 

@@ -2,9 +2,9 @@
 
 Kept cheap: the 300M-parameter model is built once, on torch (64 px: its
 count, and its features against `mobilenetv5_300m_enc`); `mobilenetv5_base`,
-with the same block types, runs at 64 px on every backend. At 64 px the stride-16 / -32 maps are 4x4 / 2x2, so every block
-runs (kv-strided attention included) and the fusion adapter upsamples to
-its 16x16 output; its other paths (average pooling, identity, odd sizes,
+with the same block types, runs at 64 px on every backend. At 64 px the
+stride-16 / -32 maps are 4x4 / 2x2, so every block runs (kv-strided
+attention included) and the fusion adapter upsamples to its 16x16 output; its other paths (average pooling, identity, odd sizes,
 sizes known only at run time) are checked on the adapter alone.
 """
 

@@ -6,7 +6,7 @@ test_mobilenet_v1_v2.py, test_mobilenet_v3.py and test_mobilenet_v4.py.
 
 import keras
 import pytest
-from conftest import BACKEND, COUNTED_ONCE, once_except
+from conftest import BACKEND, COUNTED_ONCE, once_except, run_once
 from harness import (
     FAMILIES,
     check_dynamic_input_shapes,
@@ -56,8 +56,8 @@ def test_dynamic_input_shapes(version):
 # Each backend saves and loads .keras files of V3 small and V4 hybrid_medium
 # (JAX saves V3 small) in test_export.py (suite time: 27 s of the TensorFlow
 # lane).
-@pytest.mark.parametrize("version", once_except(
-    CHECKED, (), "test_export.py saves .keras files on every backend and loads them on the next"))
+@run_once("test_export.py saves .keras files on every backend and loads them on the next")
+@pytest.mark.parametrize("version", CHECKED)
 def test_keras_file_round_trip(version, tmp_keras_path):
     check_keras_file_round_trip(version, tmp_keras_path)
 
