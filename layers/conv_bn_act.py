@@ -229,18 +229,32 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         numbers) instead of the activations, it saves three elementwise passes
         over the feature map (JAX fuses them either way). Exact up to float rounding, about 1e-6 of the output's scale.
         """
+        if _TORCH and torch.compiler.is_compiling():
+            # A compiled graph would fold the kernel again on every call (all
+            # the model's weights, read and written: at batch 1 more than the
+            # convolutions' own work); scaling the output per channel instead
+            # is fused into the convolution's epilogue with the activation.
+            scale, shift = self._batch_norm_affine()
+            y = self.conv.convolution_op(x, ops.cast(self.conv.kernel, x.dtype), bias=None)
+            return ops.cast(ops.cast(y, "float32") * scale + shift, x.dtype)
         kernel, shift = self._folded_weights(x)
         return self.conv.convolution_op(x, kernel, bias=shift)
 
-    def _folded_weights(self, x):
-        """The BatchNorm-folded kernel and bias, in the dtype of `x`."""
+    def _batch_norm_affine(self):
+        """Inference BatchNorm (after the convolution's bias) as `y * scale +
+        shift`, per channel, in float32."""
         bn, conv = self.bn, self.conv
         f32 = lambda v: ops.cast(v, "float32")  # noqa: E731
         scale = f32(bn.gamma) * ops.rsqrt(f32(bn.moving_variance) + bn.epsilon)
         shift = f32(bn.beta) - f32(bn.moving_mean) * scale
         if conv.use_bias:
             shift = shift + f32(conv.bias) * scale
-        kernel = f32(conv.kernel)
+        return scale, shift
+
+    def _folded_weights(self, x):
+        """The BatchNorm-folded kernel and bias, in the dtype of `x`."""
+        scale, shift = self._batch_norm_affine()
+        kernel = ops.cast(self.conv.kernel, "float32")
         # Depthwise kernels are (kh, kw, in, multiplier), output channel = in * multiplier + m.
         kernel = kernel * ops.reshape(scale, kernel.shape[2:] if self.depthwise else (-1,))
         return ops.cast(kernel, x.dtype), ops.cast(shift, x.dtype)
