@@ -143,9 +143,9 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
     """`F.conv2d` of channels-last torch tensor `x` with torch-layout `weight`
     (groups = input channels / weight's), Keras' `padding` ("same" is
     TensorFlow's) after `pad` pixels on every side; channels-last result."""
-    if (weight.shape[2:] == (1, 1) and weight.shape[1] == x.shape[3] and not pad
-            and _pair(strides) == (1, 1) and torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting()):
+    if (torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and weight.shape[2:] == (1, 1) and weight.shape[1] == x.shape[3] and not pad
+            and _pair(strides) == (1, 1)):
         # A 1x1 convolution is a matrix product over the channels. Compiled,
         # Inductor chose its own layout for the input and ATen then convolved
         # it with the unblocked `_slow_conv2d` (at batch 1 on one thread: 40%
