@@ -27,6 +27,9 @@ from keras import ops
 BACKEND = keras.backend.backend()
 
 
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
 # scripts/test_all.sh sets TEST_FAST_EXIT=1: once pytest has reported, the
 # process ends without tearing down TensorFlow, JAX and torch (about 10 s
 # per process here, four processes per run).
@@ -42,8 +45,6 @@ def pytest_unconfigure(config):
         sys.stderr.flush()
         os._exit(config.stash[_EXIT_STATUS])
 
-
-_EXIT_STATUS = pytest.StashKey[int]()
 
 
 def load_example(name):

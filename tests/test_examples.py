@@ -14,7 +14,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
 
 
-
 def test_transfer_learning_weights_none_means_random_init():
     example = load_example("transfer_learning")
     for text in ("None", "none"):

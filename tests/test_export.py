@@ -107,7 +107,6 @@ def export_cases():
             yield pytest.param(name, fmt, id=f"{BACKEND}-{fmt}-{name}")
 
 
-
 # The example script's helpers serve the tests too: `forward` (jit-compiled on
 # JAX) and the BatchNorm calibration.
 EXAMPLE = load_example("export")
