@@ -155,14 +155,17 @@ class FastFunctional(FastCall, Functional):
         compiled step handed those backward passes gradients in another
         memory layout than their channels-last inputs (V3 small at batch 16:
         1.07 against 0.75 times timm compiled's step,
-        `docs/torch_backend.md`). On JAX, the memory XLA used compiling the
-        step goes back to the system before the step runs
-        (`compile_memory`)."""
+        `docs/torch_backend.md`). On JAX, the step is compiled with XLA:CPU's
+        memory-optimising scheduler, and the memory XLA used compiling it
+        goes back to the system before the step runs (`compile_memory`)."""
         made = force or self.train_function is None
         super().make_train_function(force)
         if made and keras.backend.backend() == "jax" and self.train_function is not None:
-            from .compile_memory import trimming_after_compile
+            from .compile_memory import memory_scheduled_train_step, trimming_after_compile
 
+            step = memory_scheduled_train_step(self)
+            if step is not None and hasattr(self, "_make_function"):  # Keras' own helper
+                self.train_function = self._make_function(step)
             self.train_function = trimming_after_compile(self.train_function)
         fn = getattr(self.train_function, "_torchdynamo_orig_callable", None)
         if made and fn is not None:

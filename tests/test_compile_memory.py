@@ -33,3 +33,46 @@ def test_train_function_trims_after_compiling_its_step(monkeypatch):
     jax.jit(lambda a: a * 3.0)(jnp.ones(5))  # a compile of someone else's
     assert calls == [0]
     assert model.train_function.__wrapped__ is not None
+
+
+def _small_model():
+    from keras_mobilenets.layers import ConvBnAct
+
+    inputs = keras.Input((32, 32, 3))
+    x = inputs
+    for filters in (16, 32, 32, 64):  # several activations alive at once: the order matters
+        x = ConvBnAct(filters, 3, 1, activation="relu")(x)
+        x = ConvBnAct(filters, 1, 1, activation="relu")(x)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = FastFunctional(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_train_step_compiled_with_the_memory_scheduler_keeps_less_and_steps_alike():
+    import jax
+
+    from keras_mobilenets.layers import compile_memory
+
+    assert compile_memory.cpu_compiler_options() == compile_memory._CPU_OPTIONS
+    model = _small_model()
+    x, y = random_images(8, 32, 32), np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    start = [v.numpy() for v in model.weights]
+    model.train_on_batch(x, y)  # our train function
+    after_ours = [v.numpy() for v in model.weights]
+    for v, value in zip(model.weights, start):
+        v.assign(value)
+    keras_own = jax.jit(model.train_step, donate_argnums=0)  # as Keras' JAX trainer jits it
+    model.train_function = model._make_function(keras_own)
+    model.train_on_batch(x, y)
+    for a, b in zip(after_ours, (v.numpy() for v in model.weights)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(start, after_ours))
+
+    state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                 optimizer_variables=True, metrics_variables=True)
+    ours = compile_memory.memory_scheduled_train_step(model)
+    temp = [f.lower(state, (x, y, None)).compile().memory_analysis().temp_size_in_bytes
+            for f in (ours, keras_own)]
+    assert temp[0] < temp[1]
