@@ -229,12 +229,15 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         numbers) instead of the activations, it saves three elementwise passes
         over the feature map (JAX fuses them either way). Exact up to float rounding, about 1e-6 of the output's scale.
         """
-        if _TORCH and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        if (_TORCH and not self.depthwise and tuple(self.conv.kernel.shape[:2]) == (1, 1)
+                and torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
             # A compiled graph would fold the kernel again on every call (all
             # the model's weights, read and written: at batch 1 more than the
             # convolutions' own work); scaling the output per channel instead
-            # is fused into the convolution's epilogue with the activation.
-            # Exported graphs keep the folded kernels.
+            # is fused with the activation. Only for 1x1 convolutions: on the
+            # depthwise and the stem it made compiled V3 small slower at batch
+            # 1 and 32 (docs/torch_backend.md). Exported graphs keep the
+            # folded kernels.
             scale, shift = self._batch_norm_affine()
             y = self.conv.convolution_op(x, ops.cast(self.conv.kernel, x.dtype), bias=None)
             return ops.cast(ops.cast(y, "float32") * scale + shift, x.dtype)
