@@ -36,8 +36,6 @@ def test_train_function_trims_after_compiling_its_step(monkeypatch):
 
 
 def _small_model():
-    from keras_mobilenets.layers import ConvBnAct
-
     inputs = keras.Input((32, 32, 3))
     x = inputs
     for filters in (16, 32, 32, 64):  # several activations alive at once: the order matters
@@ -50,16 +48,20 @@ def _small_model():
     return model
 
 
-def test_train_step_compiled_with_the_memory_scheduler_keeps_less_and_steps_alike():
+def test_train_step_compiled_with_the_memory_scheduler_keeps_less_and_steps_alike(monkeypatch):
     import jax
 
     from keras_mobilenets.layers import compile_memory
 
     assert compile_memory.cpu_compiler_options() == compile_memory._CPU_OPTIONS
+    made, real = [], compile_memory.memory_scheduled_train_step
+    monkeypatch.setattr(compile_memory, "memory_scheduled_train_step",
+                        lambda m: made.append(m) or real(m))
     model = _small_model()
     x, y = random_images(8, 32, 32), np.array([0, 1, 2, 0, 1, 2, 0, 1])
     start = [v.numpy() for v in model.weights]
     model.train_on_batch(x, y)  # our train function
+    assert made == [model]
     after_ours = [v.numpy() for v in model.weights]
     for v, value in zip(model.weights, start):
         v.assign(value)
