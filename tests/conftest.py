@@ -46,7 +46,6 @@ def pytest_unconfigure(config):
         os._exit(config.stash[_EXIT_STATUS])
 
 
-
 def load_example(name):
     """`examples/<name>.py` as a module (the examples are scripts, not a package)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
