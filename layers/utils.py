@@ -96,10 +96,15 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0,
     goes in as a transposed view and the output comes back as one: no copies.
     There `pad` goes to the convolution itself (Keras' `ops.conv` takes no
     explicit padding), and `bias` (per output channel) too: a separate add
-    made Inductor (torch.compile) write the feature map once more. Elsewhere
-    this is the plain channels-last op, plus `bias`.
+    made Inductor (torch.compile) write the feature map once more. On
+    TensorFlow `pad` is the convolution's explicit padding
+    (`_tf_conv_nhwc`). Elsewhere this is the plain channels-last op, plus
+    `bias`.
     """
-    if keras.backend.backend() != "torch":
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and pad and _pair(dilation_rate) == (1, 1):
+        return _tf_conv_nhwc(conv_op is ops.depthwise_conv, inputs, kernel, strides, pad, bias)
+    if backend != "torch":
         if pad:
             inputs = ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
         y = conv_op(inputs, kernel, data_format="channels_last", strides=strides,
@@ -107,6 +112,24 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0,
         return y if bias is None else y + bias
     return _torch_conv_nhwc(conv_op is ops.depthwise_conv, inputs, kernel, strides, padding,
                             dilation_rate, pad, bias)
+
+
+def _tf_conv_nhwc(depthwise, x, kernel, strides, pad, bias=None):
+    """The convolution with TensorFlow's explicit padding instead of a padded
+    copy of `x`, which a training step keeps for the kernel's gradient (one
+    extra feature map per strided layer of timm-style models) and which
+    takes a pass of its own. Same numbers (the padding is the same zeros)."""
+    import tensorflow as tf
+
+    x = ops.convert_to_tensor(x)
+    kernel = ops.cast(kernel, x.dtype)
+    paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+    strides = _pair(strides)
+    if depthwise:
+        y = tf.nn.depthwise_conv2d(x, kernel, (1, *strides, 1), paddings)
+    else:
+        y = tf.nn.conv2d(x, kernel, strides, paddings)
+    return y if bias is None else y + bias
 
 
 def same_pads(size, kernel, stride, dilation=1):
