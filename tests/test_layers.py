@@ -175,18 +175,23 @@ def test_batchnorm_folded_at_inference_only(depthwise, multiplier):
     assert max_abs_diff(layer(x, training=True), expected) < 1e-4
 
 
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
 @pytest.mark.parametrize("depthwise", [False, True])
-def test_training_batchnorm_steps_like_keras_batchnorm(depthwise):
+def test_training_batchnorm_steps_like_keras_batchnorm(depthwise, padding):
     """One SGD step through ConvBnAct's own training BatchNorm and through
     Conv2D + keras.layers.BatchNormalization gives the same weights and
-    moving statistics (gradients flow through the batch statistics alike)."""
+    moving statistics (gradients flow through the batch statistics alike),
+    with TensorFlow SAME padding and with timm's symmetric padding."""
     rng = np.random.default_rng(3)
-    x = rng.normal(2.0, 3.0, size=(4, 9, 9, 3)).astype("float32")  # far from zero mean
-    unit = ConvBnAct(6, 3, 2, depthwise=depthwise, activation="relu", bn_momentum=0.9)
-    ours = keras.Sequential([keras.Input((9, 9, 3)), unit])
-    conv = (keras.layers.DepthwiseConv2D(3, 2, padding="same", use_bias=False) if depthwise
-            else keras.layers.Conv2D(6, 3, 2, padding="same", use_bias=False))
-    ref = keras.Sequential([keras.Input((9, 9, 3)), conv,
+    x = rng.normal(2.0, 3.0, size=(4, 10, 10, 3)).astype("float32")  # far from zero mean
+    unit = ConvBnAct(6, 3, 2, depthwise=depthwise, activation="relu", bn_momentum=0.9,
+                     padding=padding)
+    ours = keras.Sequential([keras.Input((10, 10, 3)), unit])
+    conv_padding = "same" if padding == "same" else "valid"
+    conv = (keras.layers.DepthwiseConv2D(3, 2, padding=conv_padding, use_bias=False) if depthwise
+            else keras.layers.Conv2D(6, 3, 2, padding=conv_padding, use_bias=False))
+    pad = [] if padding == "same" else [keras.layers.ZeroPadding2D(1)]
+    ref = keras.Sequential([keras.Input((10, 10, 3)), *pad, conv,
                             keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3),
                             keras.layers.ReLU()])
     channels = 3 if depthwise else 6
@@ -202,6 +207,30 @@ def test_training_batchnorm_steps_like_keras_batchnorm(depthwise):
     for a, b in zip(ours.get_weights(), ref.get_weights()):
         assert a.shape == b.shape
         assert max_abs_diff(a, b) < 1e-5
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's own kernels")
+def test_tensorflow_training_step_uses_fused_batchnorm_and_no_padded_copy():
+    """On TensorFlow a training step of a strided, symmetrically padded
+    ConvBnAct runs the fused BatchNorm kernel and pads inside the
+    convolution: no `Pad` op, whose output the kernel gradient would keep
+    (the step's numbers: test_training_batchnorm_steps_like_keras_batchnorm)."""
+    import tensorflow as tf
+
+    unit = ConvBnAct(6, 3, 2, activation="relu", padding="symmetric")
+    dw = ConvBnAct(None, 5, 2, depthwise=True, activation="relu", padding="symmetric")
+    x = tf.random.normal((2, 12, 12, 3))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(dw(unit(x, training=True), training=True))
+        return tape.gradient(loss, unit.trainable_weights + dw.trainable_weights)
+
+    ops_ = {op.type for op in step.get_concrete_function(x).graph.get_operations()}
+    assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= ops_
+    assert not ops_ & {"Pad", "PadV2", "MirrorPad"}, ops_
+    assert all(g is not None for g in step(x))
 
 
 def test_stochastic_depth():
