@@ -174,15 +174,18 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         the variance keeps anyway, where Keras keeps `x` and `x - mean`: one
         feature map less per unit (measured in `benchmarks/README.md`).
         Exact up to float32 rounding. On torch, float32, it is torch's own
-        `native_batch_norm` (`_torch_batch_norm_train`); on TensorFlow,
-        float32, TensorFlow's fused kernel (`layers.tf_batch_norm`).
+        `native_batch_norm` (`_torch_batch_norm_train`); on TensorFlow
+        TensorFlow's fused kernel (`layers.tf_batch_norm`; float32 statistics
+        for float16 and bfloat16 inputs too).
         """
         bn = self.bn
         if self._torch_trains_fused(x):
             return self._torch_batch_norm_train(x)
-        if (_TF and isinstance(x, tf.Tensor) and x.dtype == tf.float32
+        if (_TF and isinstance(x, tf.Tensor) and x.dtype in (tf.float32, tf.float16, tf.bfloat16)
                 and bn.gamma is not None and bn.beta is not None):
-            y, mean, variance = tf_batch_norm_train(x, bn.gamma.value, bn.beta.value, bn.epsilon)
+            y, mean, variance = tf_batch_norm_train(
+                x, ops.cast(bn.gamma, "float32"), ops.cast(bn.beta, "float32"), bn.epsilon
+            )
             self._update_moving_statistics(mean, variance)
             return y
         x32 = ops.cast(x, "float32")
