@@ -12,15 +12,10 @@ from .normalization import check_norm, get_norm
 from .utils import check_padding, declare, torch_conv_nhwc, torch_conv_weight
 
 _TORCH = keras.backend.backend() == "torch"
-_TF = keras.backend.backend() == "tensorflow"
 if _TORCH:
     import torch
 
     from .torch_batch_norm import batch_norm_act
-if _TF:
-    import tensorflow as tf
-
-    from .tf_batch_norm import batch_norm_train as tf_batch_norm_train
 
 _PACKAGE = "keras_mobilenets"
 
@@ -181,27 +176,15 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         bn = self.bn
         if self._torch_trains_fused(x):
             return self._torch_batch_norm_train(x)
-        if (_TF and isinstance(x, tf.Tensor) and x.dtype in (tf.float32, tf.float16, tf.bfloat16)
-                and bn.gamma is not None and bn.beta is not None):
-            y, mean, variance = tf_batch_norm_train(
-                x, ops.cast(bn.gamma, "float32"), ops.cast(bn.beta, "float32"), bn.epsilon
-            )
-            self._update_moving_statistics(mean, variance)
+        y = bn.fused_training(x)
+        if y is not None:
             return y
         x32 = ops.cast(x, "float32")
         mean, variance = ops.moments(x32, axes=[0, 1, 2])
-        self._update_moving_statistics(mean, variance)
+        bn.update_moving_statistics(mean, variance)
         a = ops.cast(bn.gamma, "float32") * ops.rsqrt(variance + bn.epsilon)
         b = ops.cast(bn.beta, "float32") - mean * a
         return ops.cast(x32 * a + b, x.dtype)
-
-    def _update_moving_statistics(self, mean, variance):
-        """Keras' moving averages of the batch mean and (biased) variance."""
-        bn, m = self.bn, self.bn.momentum
-        bn.moving_mean.assign(ops.cast(bn.moving_mean, "float32") * m + mean * (1.0 - m))
-        bn.moving_variance.assign(
-            ops.cast(bn.moving_variance, "float32") * m + variance * (1.0 - m)
-        )
 
     def _torch_trains_fused(self, x):
         """Whether training BatchNorm runs as torch's own kernels

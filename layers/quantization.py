@@ -25,6 +25,11 @@ _PACKAGE = "keras_mobilenets"
 _TORCH = keras.backend.backend() == "torch"
 if _TORCH:
     import torch
+if keras.backend.backend() == "tensorflow":
+    from .tf_batch_norm import batch_norm_train as tf_batch_norm_train
+    from .tf_batch_norm import takes as tf_batch_norm_takes
+else:
+    tf_batch_norm_takes = None
 
 
 def _stored_dtype(value):
@@ -173,7 +178,8 @@ def _relu_base():
 
 
 def _batch_norm_base():
-    """`keras.layers.BatchNormalization` whose reduction axes are a tuple.
+    """`keras.layers.BatchNormalization` whose reduction axes are a tuple,
+    and which trains with TensorFlow's fused kernel on TensorFlow.
 
     Keras keeps them in a list, which the layer's attribute tracking turns
     into a `TrackedList`; torch.compile cannot pass that to `torch.mean`, so
@@ -186,6 +192,37 @@ def _batch_norm_base():
         def build(self, input_shape):
             super().build(input_shape)
             self._reduction_axes = tuple(self._reduction_axes)
+
+        def call(self, inputs, training=None, mask=None):
+            if (training and self.trainable and mask is None and not self.renorm
+                    and not self.synchronized and len(inputs.shape) == 4
+                    and self.axis in (-1, 3)):
+                y = self.fused_training(inputs)
+                if y is not None:
+                    return ops.cast(y, self.compute_dtype)
+            return super().call(inputs, training=training, mask=mask)
+
+        def fused_training(self, x):
+            """Training-mode BatchNorm of channels-last `x` as TensorFlow's
+            fused kernel (`layers.tf_batch_norm`: why), moving statistics
+            updated; None where it does not apply (other backends, dtypes,
+            no scale or offset)."""
+            if (tf_batch_norm_takes is None or not tf_batch_norm_takes(x)
+                    or self.gamma is None or self.beta is None):
+                return None
+            y, mean, variance = tf_batch_norm_train(
+                x, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"), self.epsilon
+            )
+            self.update_moving_statistics(mean, variance)
+            return y
+
+        def update_moving_statistics(self, mean, variance):
+            """Keras' moving averages of a batch's mean and biased variance."""
+            m = self.momentum
+            self.moving_mean.assign(ops.cast(self.moving_mean, "float32") * m + mean * (1.0 - m))
+            self.moving_variance.assign(
+                ops.cast(self.moving_variance, "float32") * m + variance * (1.0 - m)
+            )
 
     return BatchNormalization
 

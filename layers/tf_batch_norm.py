@@ -1,7 +1,8 @@
 """Training BatchNorm on TensorFlow as its fused kernel.
 
-`batch_norm_train(x, gamma, beta, epsilon)` is `ConvBnAct`'s training
-BatchNorm on TensorFlow (NHWC): TensorFlow's `FusedBatchNormV3`,
+`batch_norm_train(x, gamma, beta, epsilon)` is the training BatchNorm of
+`ConvBnAct` and of `layers.quantization.BatchNormalization` (the standalone
+one) on TensorFlow (NHWC): TensorFlow's `FusedBatchNormV3`,
 one kernel forward and one (`FusedBatchNormGradV3`) backward, which keeps
 only the input and two per-channel vectors for the backward pass. Written
 with `keras.ops`, the statistics and the normalisation are several
@@ -16,6 +17,13 @@ to at least 1.001e-5 (a cuDNN limit), which would change MobileNetV4's 1e-5.
 """
 
 import tensorflow as tf
+
+_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+
+
+def takes(x):
+    """Whether `x` is a TensorFlow tensor the fused kernel normalises."""
+    return isinstance(x, tf.Tensor) and x.dtype in _DTYPES
 
 
 def batch_norm_train(x, gamma, beta, epsilon):

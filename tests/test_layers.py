@@ -237,41 +237,50 @@ def test_tensorflow_training_step_uses_fused_batchnorm_and_no_padded_copy():
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 3e-2), ("float16", 4e-3)])
 def test_tensorflow_fused_training_batchnorm_equals_the_keras_ops_route(monkeypatch, dtype, tolerance):
     """The fused kernel, at each compute dtype, against the `keras.ops`
-    route it replaced on TensorFlow: the same output (to the dtype's
-    rounding), moving statistics and kernel gradient."""
+    route it replaced on TensorFlow, in ConvBnAct and in the standalone
+    BatchNormalization (against Keras' own layer): the same output (to the
+    dtype's rounding), moving statistics and gradient."""
     import tensorflow as tf
 
-    from keras_mobilenets.layers import conv_bn_act
+    from keras_mobilenets.layers import quantization
 
     rng = np.random.default_rng(5)
     x = tf.constant(rng.normal(2.0, 3.0, (4, 8, 8, 3)).astype("float32"))
     calls = []
-    kernel = conv_bn_act.tf_batch_norm_train
-    monkeypatch.setattr(conv_bn_act, "tf_batch_norm_train",
+    kernel = quantization.tf_batch_norm_train
+    monkeypatch.setattr(quantization, "tf_batch_norm_train",
                         lambda *args: calls.append(args[0].dtype) or kernel(*args))
-    results = []
     old_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32" if dtype == "float32" else f"mixed_{dtype}")
     try:
         units = [ConvBnAct(6, 3, activation="relu", bn_momentum=0.9) for _ in range(2)]
+        norms = [quantization.BatchNormalization(momentum=0.9),
+                 keras.layers.BatchNormalization(momentum=0.9)]
     finally:
         keras.config.set_dtype_policy(old_policy)
-    for fused, unit in zip((True, False), units):
-        monkeypatch.setattr(conv_bn_act, "_TF", fused)
-        unit.build(x.shape)
-        unit.conv.set_weights([np.linspace(-1, 1, 3 * 3 * 3 * 6).reshape(3, 3, 3, 6)])
-        with tf.GradientTape() as tape:
-            y = tf.cast(unit(x, training=True), "float32")
-            loss = tf.reduce_sum(y * y)
-        grad = tape.gradient(loss, unit.conv.kernel)
-        results.append((y, grad, unit.bn.moving_mean, unit.bn.moving_variance))
-        assert unit.compute_dtype == dtype
-    assert calls == [tf.as_dtype(dtype)]  # the fused kernel ran once, at the compute dtype
-    (y, grad, mean, var), (y_ref, grad_ref, mean_ref, var_ref) = results
-    scale = float(tf.reduce_max(tf.abs(y_ref)))
-    assert max_abs_diff(y, y_ref) < tolerance * scale
-    assert max_abs_diff(grad, grad_ref) < tolerance * float(tf.reduce_max(tf.abs(grad_ref)))
-    assert max_abs_diff(mean, mean_ref) < 1e-4 and max_abs_diff(var, var_ref) < 1e-3
+    takes = quantization.tf_batch_norm_takes
+    for layers_, weights in ((units, lambda u: u.conv.kernel), (norms, lambda n: n.gamma)):
+        results = []
+        for fused, layer in zip((True, False), layers_):
+            monkeypatch.setattr(quantization, "tf_batch_norm_takes", takes if fused else None)
+            layer.build(x.shape)
+            if layer in units:
+                layer.conv.set_weights([np.linspace(-1, 1, 3 * 3 * 3 * 6).reshape(3, 3, 3, 6)])
+            with tf.GradientTape() as tape:
+                y = tf.cast(layer(x, training=True), "float32")
+                loss = tf.reduce_sum(y * y * tf.cos(y))
+            grad = tape.gradient(loss, weights(layer))
+            bn = layer.bn if layer in units else layer
+            results.append((y, grad, bn.moving_mean, bn.moving_variance))
+            assert layer.compute_dtype == dtype
+        (y, grad, mean, var), (y_ref, grad_ref, mean_ref, var_ref) = results
+        scale = float(tf.reduce_max(tf.abs(y_ref)))
+        assert max_abs_diff(y, y_ref) < tolerance * scale
+        assert max_abs_diff(grad, grad_ref) < tolerance * float(tf.reduce_max(tf.abs(grad_ref)))
+        assert max_abs_diff(mean, mean_ref) < 1e-4 and max_abs_diff(var, var_ref) < 1e-3
+    # The fused kernel ran once in each pair, at the compute dtype (ConvBnAct
+    # normalises the convolution's output; the standalone layer its input).
+    assert calls == [tf.as_dtype(dtype), tf.as_dtype(dtype)]
 
 
 def test_stochastic_depth():
