@@ -173,6 +173,16 @@ class FastFunctional(FastCall, Functional):
                 _own_code(fn), options={"force_layout_optimization": True})
         return self.train_function
 
+    def train_step(self, data):
+        """Keras' train step; on torch the previous step's gradients are
+        dropped before the forward pass, as timm's loop does. Keras' torch
+        step drops them after it, so they stayed alive through the forward
+        pass, where the step's memory peaks (one model-sized copy more:
+        measured in `docs/training_memory.md`)."""
+        if _TORCH:
+            self.zero_grad()
+        return super().train_step(data)
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """On TensorFlow Keras builds the optimizer (Adam: two slot variables
         per weight) and the compiled metrics before the first trace of the

@@ -2,6 +2,8 @@
 layers skip Keras' `__call__` and give exactly what `__call__` gives,
 training mode (BatchNorm statistics, drop path) included."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -412,3 +414,38 @@ def test_batch_norm_operator_rejects_an_unknown_activation():
 
     with pytest.raises(ValueError, match="'swish'"):
         batch_norm_act(torch.ones(2, 3, 4, 4), torch.ones(3), torch.zeros(3), 1e-3, "swish")
+
+
+def test_train_step_drops_the_last_steps_gradients_before_the_forward_pass():
+    """Keras' torch step clears the gradients after its forward pass; ours
+    before it (timm's order), so they do not add to the forward's peak. The
+    steps still update the weights as Keras' do."""
+    model = tiny_model()
+    reference = tiny_model()
+    reference.set_weights(model.get_weights())
+    x = random_images(4, 16, 16)
+    y = np.arange(4) % 3
+    seen = []
+    first = model.layers[1]
+    original = type(first).call
+
+    def spying(self, *args, **kwargs):
+        if self is first and kwargs.get("training"):
+            seen.append(sum(v.value.grad is not None for v in model.trainable_weights))
+        return original(self, *args, **kwargs)
+
+    for m in (model, reference):
+        m.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    type(first).call = spying
+    try:
+        for _ in range(3):
+            model.train_on_batch(x, y)
+    finally:
+        type(first).call = original
+    assert seen == [0, 0, 0]
+    # Keras' own step gives the same weights.
+    reference.train_step = types.MethodType(keras.Model.train_step, reference)
+    for _ in range(3):
+        reference.train_on_batch(x, y)
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
