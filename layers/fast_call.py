@@ -173,7 +173,7 @@ class FastFunctional(FastCall, Functional):
                 _own_code(fn), options={"force_layout_optimization": True})
         return self.train_function
 
-    def train_step(self, data):
+    def train_step(self, *args):
         """Keras' train step; on torch the previous step's gradients are
         dropped before the forward pass, as timm's loop does. Keras' torch
         step drops them after it, so they stayed alive through the forward
@@ -181,7 +181,7 @@ class FastFunctional(FastCall, Functional):
         measured in `docs/training_memory.md`)."""
         if _TORCH:
             self.zero_grad()
-        return super().train_step(data)
+        return super().train_step(*args)  # JAX's takes (state, data)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """On TensorFlow Keras builds the optimizer (Adam: two slot variables
