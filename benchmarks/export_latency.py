@@ -11,7 +11,9 @@ timed in the same process, alternating (see `time_files`):
 * ONNX (onnxruntime, 1 thread, batch 1 and 32): ours from the TensorFlow
   backend (tf2onnx) against keras.applications' exported the same way (same
   weights), and ours from the torch backend (torch.onnx) against timm's own
-  `torch.onnx.export` (ours given timm's weights).
+  `torch.onnx.export` (ours given timm's weights), and against timm exported
+  with our input contract (channels-last images, V3's rescaling in the
+  graph), which is what a timm user deploying for our input would run.
 
 Op counts per graph (`.tflite` operators; ONNX nodes after onnxruntime's own
 graph optimisation, which is what runs) say where the time goes.
@@ -103,6 +105,32 @@ def export_tensorflow(keys, workdir):
         np.savez(workdir / f"{key}.tensorflow.npz", x=x, **outputs)
 
 
+def same_input_model(reference, ours):
+    """`reference` (a timm model) behind our model's input handling: NHWC in,
+    then our `rescaling` layer's multiply-add, if ours has one."""
+    import torch
+
+    try:
+        rescaling = ours.get_layer("rescaling")
+        # scalars or per-channel vectors; channels-last, so they broadcast
+        scale = torch.as_tensor(rescaling.scale, dtype=torch.float32)
+        offset = torch.as_tensor(rescaling.offset, dtype=torch.float32)
+    except ValueError:
+        scale, offset = None, None
+
+    class _SameInput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = reference
+
+        def forward(self, x):
+            if scale is not None:
+                x = x * scale + offset
+            return self.model(x.permute(0, 3, 1, 2))
+
+    return _SameInput().eval()
+
+
 def export_torch(keys, workdir):
     """timm's `torch.onnx.export`, and ours on the torch backend with timm's weights."""
     import keras
@@ -127,9 +155,19 @@ def export_torch(keys, workdir):
                 str(workdir / f"{key}.timm.onnx"), input_names=["input"],
                 output_names=["logits"], dynamic_axes={"input": {0: "batch"}},
                 dynamo=False)
+        # timm with our input contract: channels-last images in our range, the
+        # permute and our Rescaling (V3) inside the graph, as in ours
+        same_input = same_input_model(reference, ours)
+        with torch.no_grad():
+            expected_same = same_input(torch.from_numpy(x)).numpy()
+            torch.onnx.export(
+                same_input, (torch.zeros(1, spec["size"], spec["size"], 3),),
+                str(workdir / f"{key}.timm_same_input.onnx"), input_names=["input"],
+                output_names=["logits"], dynamic_axes={"input": {0: "batch"}}, dynamo=False)
         got = keras.ops.convert_to_numpy(ours(x, training=False))  # Keras exports called models
         ours.export(str(workdir / f"{key}.ours_torch.onnx"), format="onnx", verbose=False)
-        np.savez(workdir / f"{key}.torch.npz", x=x, timm=expected, ours_torch=got)
+        np.savez(workdir / f"{key}.torch.npz", x=x, timm=expected, ours_torch=got,
+                 timm_same_input=expected_same)
         os.remove(checkpoint)
 
 
@@ -282,24 +320,28 @@ def measure(keys, workdir, rounds):
                     ops={n: tflite_ops(p) for n, p in files.items()} if threads == 1 else {}))
         files = {"keras_tf": workdir / f"{key}.keras_tf.onnx"} if has_keras else {}
         files.update(ours_tf=workdir / f"{key}.ours_tf.onnx", timm=workdir / f"{key}.timm.onnx",
+                     timm_same_input=workdir / f"{key}.timm_same_input.onnx",
                      ours_torch=workdir / f"{key}.ours_torch.onnx")
         files = {n: p for n, p in files.items() if p.exists()}
         expected = {"keras_tf": tf_out.get("keras_tf"), "ours_tf": tf_out["ours_tf"],
-                    "timm": torch_out["timm"], "ours_torch": torch_out["ours_torch"]}
+                    "timm": torch_out["timm"], "ours_torch": torch_out["ours_torch"],
+                    "timm_same_input": torch_out.get("timm_same_input")}
         for batch in (1, 32):
             x = np.repeat(tf_out["x"], batch, axis=0)
             optimized = {n: workdir / f"{p.stem}.ort.onnx" for n, p in files.items()}
             runners = {n: onnx_runner(p, 1, x.shape, optimized[n] if batch == 1 else None)
                        for n, p in files.items()}
             source = {"keras_tf": tf_out, "ours_tf": tf_out, "timm": torch_out,
-                      "ours_torch": torch_out}
+                      "timm_same_input": torch_out, "ours_torch": torch_out}
             diffs = {n: float(np.abs(run(np.repeat(source[n]["x"], batch, axis=0))[:1]
                                      - expected[n]).max()) for n, run in runners.items()}
             log(f"onnx {key} batch {batch}")
             per_call = time_files(runners, x, rounds)
             pairs = {"ours_torch/timm": ("ours_torch", "timm"),
                      "ours_tf/timm": ("ours_tf", "timm"),
-                     "ours_tf/keras_tf": ("ours_tf", "keras_tf")}
+                     "ours_tf/keras_tf": ("ours_tf", "keras_tf"),
+                     "ours_torch/timm_same_input": ("ours_torch", "timm_same_input"),
+                     "ours_tf/timm_same_input": ("ours_tf", "timm_same_input")}
             ratios = {k: ratio(per_call, a, b) for k, (a, b) in pairs.items()
                       if a in per_call and b in per_call}
             results.append(dict(
@@ -341,6 +383,17 @@ def render(results, command):
             f"{ms.get('ours_tf', nan):.2f} | {fmt_ratio(ra.get('ours_tf/keras_tf'))} | "
             f"{ms.get('timm', nan):.2f} | {ms.get('ours_torch', nan):.2f} | "
             f"{fmt_ratio(ra.get('ours_torch/timm'))} | {fmt_ratio(ra.get('ours_tf/timm'))} |")
+    lines += ["", "timm with our input contract (`same_input_model`: channels-last images, for V3 our "
+              "Rescaling's multiply-add, both inside the graph as in ours; the table above gives "
+              "timm its NCHW, normalised input prepared outside the timed call):", "",
+              "| model | batch | timm same input ms | ours (torch) / timm same input | "
+              "ours (TF) / timm same input |", "|---|---:|---:|---:|---:|"]
+    for r in (r for r in results if r["runtime"] == "onnx" and "timm_same_input" in r["ms"]):
+        ms, ra = r["ms"], r["ratios"]
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {ms['timm_same_input']:.2f} | "
+            f"{fmt_ratio(ra.get('ours_torch/timm_same_input'))} | "
+            f"{fmt_ratio(ra.get('ours_tf/timm_same_input'))} |")
     lines += ["", "## Op counts", "",
               "`.tflite` operators (float32 and int8); ONNX nodes after onnxruntime's "
               "graph optimisation.", "", "| model | graph | ops |", "|---|---|---|"]

@@ -1,4 +1,6 @@
-"""Hard-sigmoid and hard-swish as single nodes in exported ONNX graphs.
+"""Rewrites of exported ONNX graphs that onnxruntime runs faster, same values.
+
+Hard-sigmoid and hard-swish as single nodes:
 
 TensorFlow's converter (tf2onnx) has no hard-swish: it writes
 `x * relu6(x + 3) / 6` as four nodes (Add, Clip, Mul, Mul) and the SE gate's
@@ -8,9 +10,20 @@ convolution before them. The torch exporter writes `HardSwish` and
 convolution; MobileNetV3 has ~40 of these activations, so the TensorFlow
 export ran 1.2-1.4x slower than the same weights exported from torch
 (`benchmarks/export_latency.md`). `fuse_hard_activations` rewrites those
-chains into the single ONNX ops; `FastFunctional.export` applies it to every
-ONNX file it writes. The results differ from the chains by float rounding
-only (`alpha * x + beta` instead of `(x + 3) / 6`).
+chains into the single ONNX ops. The results differ from the chains by float
+rounding only (`alpha * x + beta` instead of `(x + 3) / 6`).
+
+Global average pooling as `GlobalAveragePool`: both exporters write the mean
+over the height and width of a channels-last tensor as `ReduceMean`, which
+onnxruntime runs outside its blocked (NCHWc) convolution layout, so the
+feature map in front of it is reordered out of that layout (and the
+activation of the convolution before it stays a separate node), and, in a
+squeeze-excite gate, the pooled vector reordered back in. timm's exports have
+`GlobalAveragePool` in the head, which onnxruntime runs in the blocked layout.
+`global_average_pools` writes it (`benchmarks/README.md`, exported models).
+
+`FastFunctional.export` applies both to every ONNX file it writes
+(`rewrite_onnx_file`).
 """
 
 SIXTH = 1.0 / 6.0
@@ -157,16 +170,89 @@ def _drop_unused(graph, candidates):
     graph.node.extend(nodes)
 
 
-def fuse_hard_activations_in_file(path):
-    """`fuse_hard_activations` on the ONNX file at `path` (weights stored
-    beside it stay there). Written whole: an interrupted rewrite leaves the
-    exported file as it was."""
+def _ranks(model):
+    """Rank of every tensor whose shape onnx's shape inference knows."""
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(model).graph
+    return {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+    }
+
+
+def _reduce_axes(node, values):
+    """The constant `axes` of a ReduceMean (an input from opset 18, before an attribute)."""
+    if len(node.input) > 1 and node.input[1]:
+        axes = values.get(node.input[1])
+        return None if axes is None else [int(a) for a in axes.reshape(-1)]
+    for attribute in node.attribute:
+        if attribute.name == "axes":
+            return list(attribute.ints)
+    return None
+
+
+def global_average_pools(model):
+    """Rewrite, in place, every `ReduceMean` over axes (1, 2) or (2, 3) of a
+    rank-4 tensor as `GlobalAveragePool` (over 2, 3), with a `Transpose` in
+    front for (1, 2) (onnxruntime cancels it against the one behind the
+    convolution) and behind it the `keepdims` shape: `Flatten` for (N, C), a
+    `Transpose` back for (N, 1, 1, C). The same mean whatever the tensor
+    holds; returns the number of nodes rewritten."""
+    from onnx import helper
+
+    graph = model.graph
+    values = _constants(graph)
+    candidates = [n for n in graph.node if n.op_type == "ReduceMean"]
+    ranks = _ranks(model) if candidates else {}
+    rewritten = {}
+    for node in candidates:
+        axes = _reduce_axes(node, values)
+        if ranks.get(node.input[0]) != 4 or axes is None:
+            continue
+        axes = sorted(a % 4 for a in axes)
+        if axes not in ([1, 2], [2, 3]):
+            continue
+        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        x, y, stem = node.input[0], node.output[0], node.name or node.output[0]
+        new = []
+        if axes == [1, 2]:
+            new.append(helper.make_node("Transpose", [x], [f"{stem}/nchw"], perm=[0, 3, 1, 2],
+                                        name=f"{stem}/to_nchw"))
+            x = f"{stem}/nchw"
+        if axes == [1, 2] and keepdims:
+            new += [helper.make_node("GlobalAveragePool", [x], [f"{stem}/pooled"], name=f"{stem}/pool"),
+                    helper.make_node("Transpose", [f"{stem}/pooled"], [y], perm=[0, 2, 3, 1],
+                                     name=f"{stem}/to_nhwc")]
+        elif keepdims:
+            new.append(helper.make_node("GlobalAveragePool", [x], [y], name=f"{stem}/pool"))
+        else:
+            new += [helper.make_node("GlobalAveragePool", [x], [f"{stem}/pooled"], name=f"{stem}/pool"),
+                    helper.make_node("Flatten", [f"{stem}/pooled"], [y], axis=1, name=f"{stem}/flatten")]
+        rewritten[id(node)] = new
+    if rewritten:
+        nodes = []
+        for node in graph.node:
+            nodes += rewritten.get(id(node), [node])
+        del graph.node[:]
+        graph.node.extend(nodes)
+        _drop_unused(graph, {n.input[1] for n in candidates if id(n) in rewritten and len(n.input) > 1})
+    return len(rewritten)
+
+
+def rewrite_onnx_file(path):
+    """`fuse_hard_activations` and `global_average_pools` on the ONNX file at
+    `path` (weights stored beside it stay there). Written whole: an
+    interrupted rewrite leaves the exported file as it was. Returns the
+    number of nodes written per kind."""
     import os
 
     import onnx
 
     model = onnx.load(path, load_external_data=False)
     counts = fuse_hard_activations(model)
+    counts["GlobalAveragePool"] = global_average_pools(model)
     if any(counts.values()):
         partial = path + ".partial"
         onnx.save(model, partial)

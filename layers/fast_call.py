@@ -207,9 +207,11 @@ class FastFunctional(FastCall, Functional):
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
                **kwargs):
         """`keras.Model.export`, with hard-swish and hard-sigmoid written as
-        single `HardSwish` / `HardSigmoid` nodes in ONNX files (tf2onnx
-        writes each as a chain of 3-4 nodes that onnxruntime runs one by one;
-        see `export_graph`), on JAX the depthwise convolutions exported
+        single `HardSwish` / `HardSigmoid` nodes and global average pooling
+        as `GlobalAveragePool` in ONNX files (tf2onnx writes each activation
+        as a chain of 3-4 nodes that onnxruntime runs one by one, and both
+        exporters the pooling as a `ReduceMean` it runs outside its blocked
+        layout; see `export_graph`), on JAX the depthwise convolutions exported
         as such (`depthwise_as_conv`), and LiteRT files on TensorFlow written
         from the frozen forward instead of a SavedModel with variables
         (`litert_export`: the forward traced once, not three times)."""
@@ -224,7 +226,7 @@ class FastFunctional(FastCall, Functional):
             result = super().export(filepath, format=format, verbose=verbose,
                                     input_signature=input_signature, **kwargs)
         if format == "onnx":
-            from .export_graph import fuse_hard_activations_in_file
+            from .export_graph import rewrite_onnx_file
 
-            fuse_hard_activations_in_file(str(filepath))
+            rewrite_onnx_file(str(filepath))
         return result

@@ -9,7 +9,7 @@ before and after the rewrite on inputs around the kinks at -3 and 3.
 import numpy as np
 import pytest
 
-from keras_mobilenets.layers.export_graph import fuse_hard_activations
+from keras_mobilenets.layers.export_graph import fuse_hard_activations, global_average_pools
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -104,4 +104,62 @@ def test_other_constants_are_left_alone(changes):
     model = build(**changes)
     before = [n.op_type for n in model.graph.node]
     assert fuse_hard_activations(model) == {"HardSigmoid": 0, "HardSwish": 0}
+    assert [n.op_type for n in model.graph.node] == before
+
+
+# --- global average pooling -------------------------------------------------
+
+
+def build_mean(axes=(1, 2), keepdims=0, opset=18, rank=4):
+    """`input -> Conv(1x1) -> [Transpose to NHWC] -> ReduceMean(axes) -> y`, as the
+    exporters write a head's pooling (axes 1, 2 of a channels-last tensor)."""
+    nodes = [helper.make_node("Conv", ["input", "w"], ["x"])]
+    x = "x"
+    nchw = sorted(a % rank for a in axes) == [2, 3]  # pooled as it is, else channels-last
+    if rank == 4 and not nchw:
+        nodes.append(helper.make_node("Transpose", ["x"], ["x_nhwc"], perm=[0, 2, 3, 1]))
+        x = "x_nhwc"
+    if rank == 3:
+        nodes.append(helper.make_node("Reshape", ["x", "flat_shape"], ["x_flat"]))
+        x = "x_flat"
+    consts = [const("w", np.random.default_rng(0).normal(size=(4, 4, 1, 1))),
+              numpy_helper.from_array(np.array([2, 4, 25], "int64"), "flat_shape")]
+    if opset >= 18:
+        consts.append(numpy_helper.from_array(np.array(axes, "int64"), "axes"))
+        nodes.append(helper.make_node("ReduceMean", [x, "axes"], ["y"], keepdims=keepdims))
+    else:
+        nodes.append(helper.make_node("ReduceMean", [x], ["y"], axes=list(axes), keepdims=keepdims))
+    shape = [2, 4, 25] if rank == 3 else [2, 4, 5, 5] if nchw else [2, 5, 5, 4]
+    reduced = {a % rank for a in axes}
+    out = [1 if i in reduced else d for i, d in enumerate(shape) if keepdims or i not in reduced]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize("axes", [(1, 2), (2, 1), (2, 3), (-2, -1)])
+def test_spatial_means_become_global_average_pools_with_the_same_values(axes, keepdims, opset):
+    model, x = build_mean(axes, keepdims, opset), images()
+    expected = run(model, x)[0]
+    assert global_average_pools(model) == 1
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 1, ops
+    if opset >= 18:  # the axes constant only the ReduceMean read is gone
+        assert "axes" not in {i.name for i in model.graph.initializer}
+    got = run(model, x)[0]
+    assert got.shape == expected.shape == ((2, 1, 1, 4) if keepdims and sorted(a % 4 for a in axes) == [1, 2]
+                                           else (2, 4, 1, 1) if keepdims else (2, 4))
+    assert got.std() > 0.1  # a mean of the random convolution, not zeros
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("axes, rank", [((1,), 4), ((3,), 4), ((1, 2, 3), 4), ((1, 2), 3)])
+def test_other_means_are_left_alone(axes, rank):
+    model = build_mean(axes, rank=rank)
+    before = [n.op_type for n in model.graph.node]
+    assert global_average_pools(model) == 0
     assert [n.op_type for n in model.graph.node] == before
