@@ -216,10 +216,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
             y, mean, invstd = torch.native_batch_norm(nchw, bn.gamma.value, bn.beta.value, None,
                                                       None, True, 0.0, bn.epsilon)
         with torch.no_grad():
-            variance = invstd.pow(-2) - bn.epsilon
-            m = bn.momentum
-            bn.moving_mean.assign(bn.moving_mean.value * m + mean * (1.0 - m))
-            bn.moving_variance.assign(bn.moving_variance.value * m + variance * (1.0 - m))
+            bn.update_moving_statistics(mean, invstd.pow(-2) - bn.epsilon)
         return y.permute(0, 2, 3, 1)
 
     def _folded_conv(self, x):
