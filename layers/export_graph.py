@@ -241,8 +241,117 @@ def global_average_pools(model):
     return len(rewritten)
 
 
+def _constant_array(values, node):
+    """For a two-input node with one constant input: (its index, the array); else None."""
+    if len(node.input) != 2:
+        return None
+    for i in (0, 1):
+        if node.input[i] in values:
+            return i, values[node.input[i]]
+    return None
+
+
+def _zero_padding(node, values):
+    """Whether a Pad node pads with zeros."""
+    mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+    if mode != b"constant":
+        return False
+    if len(node.input) > 2 and node.input[2]:
+        value = values.get(node.input[2])
+        return value is not None and value.size == 1 and float(value.reshape(())) == 0.0
+    return True
+
+
+def fold_input_scale(model):
+    """Fold the multiply of an input's rescaling into the convolution it feeds, in place.
+
+    Matched: a graph input (channels-last, as Keras exports) `-> Mul(s) ->
+    Add(o) -> Transpose to NCHW -> Conv(W)`, float-to-float `Cast`s and a
+    zero `Pad` before the Conv allowed, each result read once, `s` a nonzero scalar or per-channel
+    vector. Written: `Add(o / s) -> Transpose -> Conv(W * s)`, the kernel
+    product a `Mul` of constants that onnxruntime folds when it loads the
+    file. The same values up to float rounding, since `W * (s * x + o) = (W *
+    s) * (x + o / s)` and the convolution's zero padding is zero in both
+    (which is why the add is not folded too). One pass over the input image
+    less: V3's `Rescaling` took a Mul, an Add and the Transpose over the image
+    (`benchmarks/README.md`, exported models). Returns the number folded."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    values = _constants(graph)
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def next_node(tensor):
+        """The single consumer of `tensor`, past float-to-float Casts; `Shape`
+        nodes (the torch exporter's padding arithmetic) read no values."""
+        while True:
+            nodes = [n for n in consumers.get(tensor, []) if n.op_type != "Shape"]
+            if len(nodes) != 1 or tensor in outputs:
+                return None
+            node = nodes[0]
+            if node.op_type != "Cast" or next(
+                    (a.i for a in node.attribute if a.name == "to"), None) != 1:  # FLOAT
+                return node
+            tensor = node.output[0]
+
+    initializers = {init.name for init in graph.initializer}
+    inserted, removed, replaced, folded = {}, set(), set(), 0
+    for graph_input in graph.input:
+        if graph_input.name in initializers:
+            continue
+        mul = next_node(graph_input.name)
+        add = next_node(mul.output[0]) if mul is not None and mul.op_type == "Mul" else None
+        transpose = next_node(add.output[0]) if add is not None and add.op_type == "Add" else None
+        conv = (next_node(transpose.output[0])
+                if transpose is not None and transpose.op_type == "Transpose" else None)
+        if conv is not None and conv.op_type == "Pad" and _zero_padding(conv, values):
+            conv = next_node(conv.output[0])  # zeros scale to zeros
+        if conv is None or conv.op_type != "Conv" or len(conv.input) < 2:
+            continue
+        scale, offset = _constant_array(values, mul), _constant_array(values, add)
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        if scale is None or offset is None or perm != [0, 3, 1, 2]:
+            continue
+        s, o = scale[1].astype("float32"), offset[1].astype("float32")
+        if (s.size > 1 and (s.shape[-1] != s.size or group != 1)) or not np.all(s != 0):
+            continue
+        if o.size > 1 and o.shape[-1] != o.size:
+            continue
+        stem = mul.name or mul.output[0]
+        new_offset = numpy_helper.from_array((o / s).astype("float32"), f"{stem}/offset_over_scale")
+        kernel_scale = numpy_helper.from_array(
+            s.reshape(-1).reshape((1, -1, 1, 1) if s.size > 1 else ()), f"{stem}/kernel_scale")
+        graph.initializer.extend([new_offset, kernel_scale])
+        replaced |= {mul.input[scale[0]], add.input[offset[0]]}
+        add.input[offset[0]] = new_offset.name
+        add.input[1 - offset[0]] = mul.input[1 - scale[0]]
+        kernel = f"{stem}/scaled_kernel"
+        inserted[id(conv)] = helper.make_node("Mul", [conv.input[1], kernel_scale.name], [kernel],
+                                              name=f"{stem}/scale_kernel")
+        conv.input[1] = kernel
+        removed.add(id(mul))
+        folded += 1
+    if folded:
+        nodes = []
+        for node in graph.node:
+            if id(node) in inserted:
+                nodes.append(inserted[id(node)])
+            if id(node) not in removed:
+                nodes.append(node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        _drop_unused(graph, replaced)
+    return folded
+
+
 def rewrite_onnx_file(path):
-    """`fuse_hard_activations` and `global_average_pools` on the ONNX file at
+    """`fuse_hard_activations`, `global_average_pools` and `fold_input_scale` on the ONNX file at
     `path` (weights stored beside it stay there). Written whole: an
     interrupted rewrite leaves the exported file as it was. Returns the
     number of nodes written per kind."""
@@ -253,6 +362,7 @@ def rewrite_onnx_file(path):
     model = onnx.load(path, load_external_data=False)
     counts = fuse_hard_activations(model)
     counts["GlobalAveragePool"] = global_average_pools(model)
+    counts["input scale"] = fold_input_scale(model)
     if any(counts.values()):
         partial = path + ".partial"
         onnx.save(model, partial)

@@ -336,6 +336,19 @@ def test_onnx_activations_and_depthwise_convolutions_are_single_nodes(artifacts)
     # blocked layout, not the ReduceMean the exporters write (V3 small from torch: ReduceMean
     # and the reorders around it 0.2 of 2.7 ms, timm's graph has GlobalAveragePool)
     assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 10, sorted(set(ops))
+    # the Rescaling's multiply is in the stem's kernel (a Mul of constants, folded when
+    # onnxruntime loads the file): one pass over the image less
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            if node.op_type != "Shape":  # reads no values
+                consumers.setdefault(name, []).append(node)
+    path, tensor = [], graph.input[0].name
+    while len(consumers[tensor]) == 1 and consumers[tensor][0].op_type != "Conv":
+        path.append(consumers[tensor][0].op_type)
+        tensor = consumers[tensor][0].output[0]
+    path = [op for op in path if op not in ("Cast", "Identity")]
+    assert path in (["Add", "Transpose"], ["Add", "Transpose", "Pad"]), path  # Pad: SAME, torch
 
 
 # --- 2. int8 LiteRT -----------------------------------------------------------

@@ -9,7 +9,11 @@ before and after the rewrite on inputs around the kinks at -3 and 3.
 import numpy as np
 import pytest
 
-from keras_mobilenets.layers.export_graph import fuse_hard_activations, global_average_pools
+from keras_mobilenets.layers.export_graph import (
+    fold_input_scale,
+    fuse_hard_activations,
+    global_average_pools,
+)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -162,4 +166,86 @@ def test_other_means_are_left_alone(axes, rank):
     model = build_mean(axes, rank=rank)
     before = [n.op_type for n in model.graph.node]
     assert global_average_pools(model) == 0
+    assert [n.op_type for n in model.graph.node] == before
+
+
+# --- the input rescaling's multiply folded into the first convolution ------
+
+
+def build_input_scale(scale=1 / 127.5, offset=-1.0, casts=False, pads=(1, 1, 1, 1), group=1,
+                      perm=(0, 3, 1, 2), read_twice=False, pad_value=None):
+    """`input (NHWC) -> [Cast] -> Mul(scale) -> Add(offset) -> [Cast] -> Transpose -> [Pad]
+    -> Conv`, as the exporters write V3's Rescaling and stem (the torch exporter with the
+    Casts, and for SAME padding a Pad whose amounts it computes from a Shape)."""
+    channels = 3
+    nodes, x = [], "input"
+    if casts:
+        nodes.append(helper.make_node("Cast", [x], ["x_cast"], to=TensorProto.FLOAT))
+        x = "x_cast"
+    nodes += [helper.make_node("Mul", [x, "scale"], ["scaled"]),
+              helper.make_node("Add", ["scaled", "offset"], ["shifted"])]
+    y = "shifted"
+    if casts:
+        nodes.append(helper.make_node("Cast", [y], ["shifted_cast"], to=TensorProto.FLOAT))
+        y = "shifted_cast"
+    nodes.append(helper.make_node("Transpose", [y], ["nchw"], perm=list(perm)))
+    y = "nchw"
+    if pad_value is not None:  # the image padded by `pads`, the Conv then unpadded
+        nodes += [helper.make_node("Shape", ["nchw"], ["nchw_shape"]),
+                  helper.make_node("Pad", ["nchw", "pad_amounts", "pad_value"], ["padded"])]
+        y, pads = "padded", (0, 0, 0, 0)
+    nodes.append(helper.make_node("Conv", [y, "w", "b"], ["y"], pads=list(pads), strides=[2, 2],
+                                  group=group))
+    out_channels = 4 if group == 1 else channels
+    size = (8 + pads[0] + pads[2] - 3) // 2 + 1
+    pad_amounts = [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, out_channels, size, size])]
+    if read_twice:
+        nodes.append(helper.make_node("Identity", ["scaled"], ["scaled_copy"]))
+        outputs.append(helper.make_tensor_value_info("scaled_copy", TensorProto.FLOAT, [2, 8, 8, 3]))
+    rng = np.random.default_rng(0)
+    consts = [const("scale", scale), const("offset", offset),
+              const("w", rng.normal(size=(out_channels, channels // group, 3, 3))),
+              const("b", rng.normal(size=out_channels)), const("pad_value", pad_value or 0.0),
+              numpy_helper.from_array(np.array(pad_amounts, "int64"), "pad_amounts")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 8, 8, channels])],
+        outputs, consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def pixels():
+    return np.random.default_rng(2).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("scale, offset", [(1 / 127.5, -1.0), ([0.02, 0.03, 0.05], [-2.0, -1.0, 0.5]),
+                                           (1 / 255.0, [0.1, 0.2, 0.3])])
+@pytest.mark.parametrize("casts", [False, True])
+@pytest.mark.parametrize("pads, pad_value", [((1, 1, 1, 1), None), ((0, 0, 1, 1), None),
+                                             ((0, 0, 1, 1), 0.0)])
+def test_the_input_scale_folds_into_the_first_convolution_with_the_same_values(
+        scale, offset, casts, pads, pad_value):
+    model, x = build_input_scale(scale, offset, casts, pads, pad_value=pad_value), pixels()
+    expected = run(model, x)[0]
+    assert fold_input_scale(model) == 1
+    onnx.checker.check_model(model)
+    on_input = [n.op_type for n in model.graph.node if n.op_type in ("Mul", "Add")]
+    # the image's Mul is gone; the kernel's Mul reads constants only (folded when loaded)
+    assert on_input == ["Add", "Mul"], on_input
+    kernel_mul = next(n for n in model.graph.node if n.op_type == "Mul")
+    assert set(kernel_mul.input) <= {i.name for i in model.graph.initializer}
+    assert not {"scale", "offset"} & {i.name for i in model.graph.initializer}
+    got = run(model, x)[0]
+    assert np.abs(expected).max() > 1  # the padded border and the interior both count
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("changes", [{"read_twice": True}, {"scale": 0.0},
+                                     {"scale": [0.02, 0.0, 0.05]},
+                                     {"scale": [0.02, 0.03, 0.05], "group": 3},
+                                     {"perm": (0, 3, 2, 1)}, {"pad_value": 1.0}])
+def test_other_inputs_are_left_alone(changes):
+    model = build_input_scale(**changes)
+    before = [n.op_type for n in model.graph.node]
+    assert fold_input_scale(model) == 0
     assert [n.op_type for n in model.graph.node] == before
