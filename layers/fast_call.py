@@ -207,11 +207,12 @@ class FastFunctional(FastCall, Functional):
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
                **kwargs):
         """`keras.Model.export`, with hard-swish and hard-sigmoid written as
-        single `HardSwish` / `HardSigmoid` nodes and global average pooling
-        as `GlobalAveragePool` in ONNX files (tf2onnx writes each activation
-        as a chain of 3-4 nodes that onnxruntime runs one by one, and both
-        exporters the pooling as a `ReduceMean` it runs outside its blocked
-        layout; see `export_graph`), on JAX the depthwise convolutions exported
+        single `HardSwish` / `HardSigmoid` nodes, global average pooling
+        as `GlobalAveragePool` and the input rescaling's multiply inside the
+        stem's kernel in ONNX files (tf2onnx writes each activation as a
+        chain of 3-4 nodes that onnxruntime runs one by one, both exporters
+        the pooling as a `ReduceMean` it runs outside its blocked layout;
+        see `export_graph`), on JAX the depthwise convolutions exported
         as such (`depthwise_as_conv`), and LiteRT files on TensorFlow written
         from the frozen forward instead of a SavedModel with variables
         (`litert_export`: the forward traced once, not three times)."""
