@@ -73,6 +73,15 @@ def _clip_bounds(node, values):
     return attrs.get("min"), attrs.get("max")
 
 
+def _consumers(graph):
+    """Tensor name -> the nodes that read it."""
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
 def fuse_hard_activations(model):
     """Rewrite hard-sigmoid / hard-swish chains of `model` (an `onnx.ModelProto`) in place.
 
@@ -87,11 +96,7 @@ def fuse_hard_activations(model):
     graph = model.graph
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     values = _constants(graph)
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
+    consumers, outputs = _consumers(graph), {o.name for o in graph.output}
 
     def only_consumer(tensor):
         nodes = consumers.get(tensor, [])
@@ -285,11 +290,7 @@ def fold_input_scale(model):
 
     graph = model.graph
     values = _constants(graph)
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
+    consumers, outputs = _consumers(graph), {o.name for o in graph.output}
 
     def next_node(tensor):
         """The single consumer of `tensor`, past float-to-float Casts; `Shape`
