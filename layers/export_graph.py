@@ -184,7 +184,10 @@ def _ranks(model):
     """Rank of every tensor whose shape onnx's shape inference knows."""
     from onnx import shape_inference
 
-    inferred = shape_inference.infer_shapes(model).graph
+    try:
+        inferred = shape_inference.infer_shapes(model).graph
+    except Exception:  # e.g. a graph over protobuf's 2 GB: no ranks, no rewrite, same file
+        return {}
     return {
         v.name: len(v.type.tensor_type.shape.dim)
         for v in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
