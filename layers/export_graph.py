@@ -280,8 +280,8 @@ def fold_input_scale(model):
 
     Matched: a graph input (channels-last, as Keras exports) `-> Mul(s) ->
     Add(o) -> Transpose to NCHW -> Conv(W)`, float-to-float `Cast`s and a
-    zero `Pad` before the Conv allowed, each result read once, `s` a nonzero scalar or per-channel
-    vector. Written: `Add(o / s) -> Transpose -> Conv(W * s)`, the kernel
+    zero `Pad` before the Conv allowed, each result read once, `s` and `o`
+    float32, `s` a nonzero scalar or per-channel vector. Written: `Add(o / s) -> Transpose -> Conv(W * s)`, the kernel
     product a `Mul` of constants that onnxruntime folds when it loads the
     file. The same values up to float rounding, since `W * (s * x + o) = (W *
     s) * (x + o / s)` and the convolution's zero padding is zero in both
@@ -327,7 +327,9 @@ def fold_input_scale(model):
         group = next((a.i for a in conv.attribute if a.name == "group"), 1)
         if scale is None or offset is None or perm != [0, 3, 1, 2]:
             continue
-        s, o = scale[1].astype("float32"), offset[1].astype("float32")
+        if scale[1].dtype != np.float32 or offset[1].dtype != np.float32:
+            continue  # the new constants are float32, as the kernel must be
+        s, o = scale[1], offset[1]
         if (s.size > 1 and (s.shape[-1] != s.size or group != 1)) or not np.all(s != 0):
             continue
         if o.size > 1 and o.shape[-1] != o.size:

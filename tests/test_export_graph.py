@@ -251,6 +251,17 @@ def test_other_inputs_are_left_alone(changes):
     assert [n.op_type for n in model.graph.node] == before
 
 
+def test_a_float16_input_scale_is_left_alone():
+    model = build_input_scale()
+    for init in model.graph.initializer:
+        if init.name in ("scale", "offset"):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype("float16"),
+                                                  init.name))
+    before = [n.op_type for n in model.graph.node]
+    assert fold_input_scale(model) == 0
+    assert [n.op_type for n in model.graph.node] == before
+
+
 def test_without_shapes_the_means_are_left_alone(monkeypatch):
     """Shape inference failing (a graph over protobuf's 2 GB) costs the rewrite, not the export."""
     from onnx import shape_inference
