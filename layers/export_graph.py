@@ -27,7 +27,14 @@ The input rescaling's multiply inside the first convolution's kernel
 the Transpose, three passes (onnxruntime, batch 32: 6.5 ms against the stem
 convolution's 7.4).
 
-`FastFunctional.export` applies all three to every ONNX file it writes
+Padding inside the convolutions (`fusable_pads`): the torch exporter writes
+TensorFlow SAME padding (keras.applications-style V1-V3 on torch) as a `Pad`
+node with an empty third input, and onnxruntime fuses a zero `Pad` into the
+convolution after it only when every input is a constant, which an empty one
+is not; left alone, V3 small kept 5 `Pad` nodes and 36 layout reorders
+against 28 (`benchmarks/README.md`, exported models).
+
+`FastFunctional.export` applies all four to every ONNX file it writes
 (`rewrite_onnx_file`).
 """
 
@@ -361,11 +368,23 @@ def fold_input_scale(model):
     return folded
 
 
+def fusable_pads(model):
+    """Drop the empty trailing inputs of every `Pad` node, in place (an empty
+    input is an absent one: the same padding). Returns the number changed."""
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type == "Pad" and node.input and not node.input[-1]:
+            while node.input and not node.input[-1]:
+                node.input.pop()
+            changed += 1
+    return changed
+
+
 def rewrite_onnx_file(path):
-    """`fuse_hard_activations`, `global_average_pools` and `fold_input_scale` on the ONNX file at
-    `path` (weights stored beside it stay there). Written whole: an
-    interrupted rewrite leaves the exported file as it was. Returns the
-    number of nodes written per kind."""
+    """`fuse_hard_activations`, `global_average_pools`, `fold_input_scale` and
+    `fusable_pads` on the ONNX file at `path` (weights stored beside it stay
+    there). Written whole: an interrupted rewrite leaves the exported file as
+    it was. Returns the number of nodes written per kind."""
     import os
 
     import onnx
@@ -374,6 +393,7 @@ def rewrite_onnx_file(path):
     counts = fuse_hard_activations(model)
     counts["GlobalAveragePool"] = global_average_pools(model)
     counts["input scale"] = fold_input_scale(model)
+    counts["Pad"] = fusable_pads(model)
     if any(counts.values()):
         partial = path + ".partial"
         onnx.save(model, partial)

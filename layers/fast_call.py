@@ -217,17 +217,27 @@ class FastFunctional(FastCall, Functional):
         from the frozen forward instead of a SavedModel with variables
         (`litert_export`: the forward traced once, not three times)."""
         from .depthwise_conv import depthwise_as_conv
+        from .utils import fixed_sizes_when_traced
 
         if format == "litert" and _TENSORFLOW:
             from .litert_export import export_litert
 
             return export_litert(self, filepath, input_signature=input_signature,
                                  verbose=verbose, **kwargs)
-        with depthwise_as_conv(self, enabled=format == "onnx" and keras.backend.backend() == "jax"):
+        onnx = format == "onnx"
+        with depthwise_as_conv(self, enabled=onnx and keras.backend.backend() == "jax"), \
+                fixed_sizes_when_traced(onnx and _fixed_sizes(self, input_signature)):
             result = super().export(filepath, format=format, verbose=verbose,
                                     input_signature=input_signature, **kwargs)
-        if format == "onnx":
+        if onnx:
             from .export_graph import rewrite_onnx_file
 
             rewrite_onnx_file(str(filepath))
         return result
+
+
+def _fixed_sizes(model, input_signature=None):
+    """Whether every input has all its sizes but the batch's fixed."""
+    specs = keras.tree.flatten(input_signature if input_signature is not None else model.inputs)
+    shapes = [tuple(getattr(spec, "shape", ()) or ()) for spec in specs]
+    return bool(shapes) and all(d is not None for shape in shapes for d in shape[1:])

@@ -1,5 +1,7 @@
 """Small helpers shared by the building blocks."""
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -140,6 +142,36 @@ def same_pads(size, kernel, stride, dilation=1):
     return total // 2, total - total // 2
 
 
+_FIXED_SIZES = [False]
+
+
+@contextlib.contextmanager
+def fixed_sizes_when_traced(enabled=True):
+    """While torch.jit traces a model whose inputs have a fixed height and
+    width (Keras' ONNX export on torch), read the convolutions' spatial
+    sizes as numbers. Traced, a size is a tensor, so TensorFlow SAME padding
+    was exported as arithmetic on the input's shape (`Shape`, `Gather`,
+    `Sub`, `Div`, `Max`: 5 `Shape` and 30 `Sub` nodes in V3 small) feeding
+    `Pad` nodes whose amounts onnxruntime cannot fold into the convolution.
+    Only with fixed sizes: a traced graph with free sizes must keep the
+    arithmetic, since the odd pixel's side depends on the size."""
+    before = _FIXED_SIZES[0]
+    _FIXED_SIZES[0] = enabled
+    try:
+        yield
+    finally:
+        _FIXED_SIZES[0] = before
+
+
+def _spatial_sizes(x):
+    """Height and width of NCHW `x` (or of an OIHW kernel), as ints while
+    tracing with fixed sizes."""
+    sizes = tuple(x.shape[2:])
+    if _FIXED_SIZES[0] and torch.jit.is_tracing():
+        sizes = tuple(int(s) for s in sizes)
+    return sizes
+
+
 def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
@@ -180,7 +212,7 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
     groups = x.shape[1] // weight.shape[1]
     torch_padding = (pad, pad)
     if padding == "same":  # TensorFlow SAME: any odd pixel goes to the bottom / right
-        pads = [same_pads(*axis) for axis in zip(x.shape[2:], weight.shape[2:], strides, dilation)]
+        pads = [same_pads(*axis) for axis in zip(_spatial_sizes(x), _spatial_sizes(weight), strides, dilation)]
         if all(a == b for a, b in pads):
             torch_padding = tuple(a for a, _ in pads)
         else:

@@ -11,6 +11,7 @@ import pytest
 
 from keras_mobilenets.layers.export_graph import (
     fold_input_scale,
+    fusable_pads,
     fuse_hard_activations,
     global_average_pools,
 )
@@ -274,3 +275,54 @@ def test_without_shapes_the_means_are_left_alone(monkeypatch):
     before = [n.op_type for n in model.graph.node]
     assert global_average_pools(model) == 0
     assert [n.op_type for n in model.graph.node] == before
+
+
+# --- a zero Pad that onnxruntime can fold into the convolution ----------------
+
+
+def build_pad_conv(third_input=""):
+    """`x (NCHW) -> Pad(pads, third_input) -> Conv`, as the torch exporter writes
+    TensorFlow SAME padding at stride 2 (bottom and right), third input empty."""
+    inputs = ["x", "pads"] + ([third_input] if third_input is not None else [])
+    nodes = [helper.make_node("Relu", ["input"], ["x"]),
+             helper.make_node("Pad", inputs, ["padded"], mode="constant"),
+             helper.make_node("Conv", ["padded", "w"], ["y"], strides=[2, 2])]
+    consts = [numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 1, 1], "int64"), "pads"),
+              const("w", np.random.default_rng(0).normal(size=(4, 4, 3, 3)))]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 4, 4])], consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def optimized_ops(model, tmp_path):
+    """Op types of `model` after onnxruntime's basic graph optimisation."""
+    path, optimized = tmp_path / "model.onnx", tmp_path / "optimized.onnx"
+    onnx.save(model, str(path))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(optimized)).graph.node]
+
+
+def test_an_empty_pad_input_is_dropped_so_onnxruntime_folds_the_pad(tmp_path):
+    model = build_pad_conv()
+    x = np.random.default_rng(3).normal(size=(2, 4, 8, 8)).astype("float32")
+    expected = run(model, x)[0]
+    assert "Pad" in optimized_ops(model, tmp_path)  # why the rewrite exists
+    assert fusable_pads(model) == 1
+    onnx.checker.check_model(model)
+    assert list(model.graph.node[1].input) == ["x", "pads"]
+    assert "Pad" not in optimized_ops(model, tmp_path)
+    np.testing.assert_array_equal(run(model, x)[0], expected)
+
+
+@pytest.mark.parametrize("third_input", [None, "zero"])
+def test_pads_without_an_empty_input_are_left_alone(third_input):
+    model = build_pad_conv(third_input)
+    if third_input:
+        model.graph.initializer.append(const("zero", 0.0))
+    before = [list(n.input) for n in model.graph.node]
+    assert fusable_pads(model) == 0
+    assert [list(n.input) for n in model.graph.node] == before
