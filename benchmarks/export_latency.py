@@ -13,7 +13,9 @@ timed in the same process, alternating (see `time_files`):
   weights), and ours from the torch backend (torch.onnx) against timm's own
   `torch.onnx.export` (ours given timm's weights), and against timm exported
   with our input contract (channels-last images, V3's rescaling in the
-  graph), which is what a timm user deploying for our input would run.
+  graph), which is what a timm user deploying for our input would run; and
+  ours from torch with keras.applications' weights and padding against
+  keras.applications' ONNX.
 
 Op counts per graph (`.tflite` operators; ONNX nodes after onnxruntime's own
 graph optimisation, which is what runs) say where the time goes.
@@ -102,6 +104,8 @@ def export_tensorflow(keys, workdir):
                     export_model(model, fmt, str(stem) + suffix, representative)
                 except Exception as exc:  # reported, not fatal: the other files still count
                     log(f"export {key} {name} {fmt} failed: {type(exc).__name__}: {exc}")
+        if "keras_tf" in models:  # for ours exported from torch with these weights
+            ours.save_weights(str(workdir / f"{key}.ours_tf.weights.h5"))
         np.savez(workdir / f"{key}.tensorflow.npz", x=x, **outputs)
 
 
@@ -166,8 +170,16 @@ def export_torch(keys, workdir):
                 output_names=["logits"], dynamic_axes={"input": {0: "batch"}}, dynamo=False)
         got = keras.ops.convert_to_numpy(ours(x, training=False))  # Keras exports called models
         ours.export(str(workdir / f"{key}.ours_torch.onnx"), format="onnx", verbose=False)
+        extra = {}
+        keras_weights = workdir / f"{key}.ours_tf.weights.h5"
+        if keras_weights.exists():  # keras.applications' weights and padding, from torch
+            ours_keras = build_ours(spec)
+            ours_keras.load_weights(str(keras_weights))
+            extra["ours_torch_keras"] = keras.ops.convert_to_numpy(ours_keras(x, training=False))
+            ours_keras.export(str(workdir / f"{key}.ours_torch_keras.onnx"), format="onnx",
+                              verbose=False)
         np.savez(workdir / f"{key}.torch.npz", x=x, timm=expected, ours_torch=got,
-                 timm_same_input=expected_same)
+                 timm_same_input=expected_same, **extra)
         os.remove(checkpoint)
 
 
@@ -321,18 +333,21 @@ def measure(keys, workdir, rounds):
         files = {"keras_tf": workdir / f"{key}.keras_tf.onnx"} if has_keras else {}
         files.update(ours_tf=workdir / f"{key}.ours_tf.onnx", timm=workdir / f"{key}.timm.onnx",
                      timm_same_input=workdir / f"{key}.timm_same_input.onnx",
-                     ours_torch=workdir / f"{key}.ours_torch.onnx")
+                     ours_torch=workdir / f"{key}.ours_torch.onnx",
+                     ours_torch_keras=workdir / f"{key}.ours_torch_keras.onnx")
         files = {n: p for n, p in files.items() if p.exists()}
         expected = {"keras_tf": tf_out.get("keras_tf"), "ours_tf": tf_out["ours_tf"],
                     "timm": torch_out["timm"], "ours_torch": torch_out["ours_torch"],
-                    "timm_same_input": torch_out.get("timm_same_input")}
+                    "timm_same_input": torch_out.get("timm_same_input"),
+                    "ours_torch_keras": torch_out.get("ours_torch_keras")}
         for batch in (1, 32):
             x = np.repeat(tf_out["x"], batch, axis=0)
             optimized = {n: workdir / f"{p.stem}.ort.onnx" for n, p in files.items()}
             runners = {n: onnx_runner(p, 1, x.shape, optimized[n] if batch == 1 else None)
                        for n, p in files.items()}
             source = {"keras_tf": tf_out, "ours_tf": tf_out, "timm": torch_out,
-                      "timm_same_input": torch_out, "ours_torch": torch_out}
+                      "timm_same_input": torch_out, "ours_torch": torch_out,
+                      "ours_torch_keras": torch_out}
             diffs = {n: float(np.abs(run(np.repeat(source[n]["x"], batch, axis=0))[:1]
                                      - expected[n]).max()) for n, run in runners.items()}
             log(f"onnx {key} batch {batch}")
@@ -340,6 +355,7 @@ def measure(keys, workdir, rounds):
             pairs = {"ours_torch/timm": ("ours_torch", "timm"),
                      "ours_tf/timm": ("ours_tf", "timm"),
                      "ours_tf/keras_tf": ("ours_tf", "keras_tf"),
+                     "ours_torch_keras/keras_tf": ("ours_torch_keras", "keras_tf"),
                      "ours_torch/timm_same_input": ("ours_torch", "timm_same_input"),
                      "ours_tf/timm_same_input": ("ours_tf", "timm_same_input")}
             ratios = {k: ratio(per_call, a, b) for k, (a, b) in pairs.items()
@@ -383,6 +399,15 @@ def render(results, command):
             f"{ms.get('ours_tf', nan):.2f} | {fmt_ratio(ra.get('ours_tf/keras_tf'))} | "
             f"{ms.get('timm', nan):.2f} | {ms.get('ours_torch', nan):.2f} | "
             f"{fmt_ratio(ra.get('ours_torch/timm'))} | {fmt_ratio(ra.get('ours_tf/timm'))} |")
+    lines += ["", "Ours exported from torch with keras.applications' weights and padding "
+              "(TensorFlow SAME), against keras.applications' ONNX (from TensorFlow):", "",
+              "| model | batch | keras.apps (TF) ms | ours (torch) ms | ours (torch) / keras.apps |",
+              "|---|---:|---:|---:|---:|"]
+    for r in (r for r in results if r["runtime"] == "onnx" and "ours_torch_keras" in r["ms"]):
+        ms, ra = r["ms"], r["ratios"]
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {ms.get('keras_tf', nan):.2f} | "
+            f"{ms['ours_torch_keras']:.2f} | {fmt_ratio(ra.get('ours_torch_keras/keras_tf'))} |")
     lines += ["", "timm with our input contract (`same_input_model`: channels-last images, for V3 our "
               "Rescaling's multiply-add, both inside the graph as in ours; the table above gives "
               "timm its NCHW, normalised input prepared outside the timed call):", "",
