@@ -137,7 +137,9 @@ def _tf_conv_nhwc(depthwise, x, kernel, strides, pad, bias=None):
 def same_pads(size, kernel, stride, dilation=1):
     """TensorFlow SAME padding of one spatial axis as `(before, after)`: the
     odd pixel goes after. `size` may be a tensor (a size unknown when traced)."""
-    total = (-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size
+    # ceil(size / stride) without a negative division: exported, a traced size's
+    # division truncates, which floors only non-negative numbers
+    total = ((size + stride - 1) // stride - 1) * stride + (kernel - 1) * dilation + 1 - size
     total = max(total, 0) if isinstance(total, int) else ops.maximum(total, 0)
     return total // 2, total - total // 2
 
@@ -213,7 +215,9 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
     torch_padding = (pad, pad)
     if padding == "same":  # TensorFlow SAME: any odd pixel goes to the bottom / right
         pads = [same_pads(*axis) for axis in zip(_spatial_sizes(x), _spatial_sizes(weight), strides, dilation)]
-        if all(a == b for a, b in pads):
+        # traced sizes (an export with free sizes) give traced amounts, whose
+        # symmetry a Python test would fix for the traced size only
+        if all(isinstance(a, int) and a == b for a, b in pads):
             torch_padding = tuple(a for a, _ in pads)
         else:
             pads = (pads[1][0], pads[1][1], pads[0][0], pads[0][1])

@@ -331,6 +331,25 @@ if BACKEND == "torch":
         optimized = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
         assert "Pad" not in optimized, sorted(set(optimized))
 
+    # With free sizes the pad amounts must stay arithmetic on the input's shape: at
+    # stride 2 the odd pixel's side depends on the size's parity.
+    def test_torch_onnx_with_free_sizes_pads_each_size_as_keras(tmp_path):
+        ort = pytest.importorskip("onnxruntime")
+        model, x, _ = prepared("v3_small")
+        free = create_mobilenetv3("small", input_shape=(None, None, 3), num_classes=NUM_CLASSES,
+                                  classifier_activation=None)
+        free.set_weights(model.get_weights())
+        free(x[:1])  # Keras exports called models
+        path = str(tmp_path / "free.onnx")
+        free.export(path, format="onnx", verbose=False)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        for size in (SIZE, SIZE - 1):
+            crop = x[:, :size, :size]
+            expected = forward(free, crop)
+            got = session.run(None, {session.get_inputs()[0].name: crop})[0]
+            assert max_abs_diff(got, expected) <= FLOAT_TOL, size
+            assert np.abs(expected).max() > 50 * FLOAT_TOL
+
 
 # tf2onnx writes hard-swish as Add, Clip, Mul, Mul and hard-sigmoid as three
 # nodes, which onnxruntime runs one by one (V3 from TensorFlow ran 1.2-1.4x
