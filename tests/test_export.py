@@ -333,11 +333,13 @@ if BACKEND == "torch":
 
     # With free sizes the pad amounts must stay arithmetic on the input's shape: at
     # stride 2 the odd pixel's side depends on the size's parity.
-    def test_torch_onnx_with_free_sizes_pads_each_size_as_keras(tmp_path):
+    @pytest.mark.parametrize("name", list(MODELS))
+    def test_torch_onnx_with_free_sizes_pads_each_size_as_keras(name, tmp_path):
         ort = pytest.importorskip("onnxruntime")
-        model, x, _ = prepared("v3_small")
-        free = create_mobilenetv3("small", input_shape=(None, None, 3), num_classes=NUM_CLASSES,
-                                  classifier_activation=None)
+        model, x, _ = prepared(name)
+        factory, variant, _ = MODELS[name]
+        free = factory(variant, input_shape=(None, None, 3), num_classes=NUM_CLASSES,
+                       classifier_activation=None)
         free.set_weights(model.get_weights())
         free(x[:1])  # Keras exports called models
         path = str(tmp_path / "free.onnx")
