@@ -224,11 +224,24 @@ class FastFunctional(FastCall, Functional):
 
             return export_litert(self, filepath, input_signature=input_signature,
                                  verbose=verbose, **kwargs)
-        onnx = format == "onnx"
-        with depthwise_as_conv(self, enabled=onnx and keras.backend.backend() == "jax"), \
-                fixed_sizes_when_traced(onnx and _fixed_sizes(self, input_signature)):
-            result = super().export(filepath, format=format, verbose=verbose,
-                                    input_signature=input_signature, **kwargs)
+        onnx, fixed = format == "onnx", _fixed_sizes(self, input_signature)
+        jax = keras.backend.backend() == "jax"
+        try:
+            with depthwise_as_conv(self, enabled=onnx and jax), \
+                    fixed_sizes_when_traced(onnx and fixed):
+                result = super().export(filepath, format=format, verbose=verbose,
+                                        input_signature=input_signature, **kwargs)
+        except Exception as error:
+            if onnx and jax and not fixed and type(error).__name__ == "InconclusiveDimensionOperation":
+                shapes = [tuple(i.shape) for i in self.inputs]
+                raise ValueError(
+                    f"ONNX export from JAX of a model with free input sizes {shapes}: jax2onnx "
+                    "needs the padding of every convolution as numbers, and TensorFlow SAME "
+                    "padding (keras.applications-style models) depends on the size. Build the "
+                    "model with a fixed size (`input_shape=(224, 224, 3)`, weights load the "
+                    "same), or export from the TensorFlow or torch backend, which keep the "
+                    "sizes free.") from error
+            raise
         if onnx:
             from .export_graph import rewrite_onnx_file
 

@@ -353,6 +353,22 @@ if BACKEND == "torch":
             assert np.abs(expected).max() > 50 * FLOAT_TOL
 
 
+if BACKEND == "jax":
+
+    # jax2onnx needs every convolution's padding as numbers; TensorFlow SAME padding
+    # depends on the size, so with free sizes JAX failed deep inside jax2onnx with
+    # "Symbolic dimension ... used in a context that requires a constant".
+    def test_jax_onnx_with_free_sizes_and_same_padding_says_what_to_do(tmp_path):
+        from mobilenet_v1 import create_mobilenetv1
+
+        free = create_mobilenetv1("0.25", input_shape=(None, None, 3), num_classes=NUM_CLASSES)
+        free(images(1, 0))
+        with pytest.raises(ValueError, match=r"free input sizes \[\(None, None, None, 3\)\].*"
+                                             r"input_shape=\(224, 224, 3\).*TensorFlow or torch"):
+            free.export(str(tmp_path / "free.onnx"), format="onnx", verbose=False)
+        assert os.listdir(tmp_path) == []
+
+
 # tf2onnx writes hard-swish as Add, Clip, Mul, Mul and hard-sigmoid as three
 # nodes, which onnxruntime runs one by one (V3 from TensorFlow ran 1.2-1.4x
 # slower than the same weights from torch); on JAX the depthwise convolutions
