@@ -214,10 +214,11 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
     groups = x.shape[1] // weight.shape[1]
     torch_padding = (pad, pad)
     if padding == "same":  # TensorFlow SAME: any odd pixel goes to the bottom / right
-        pads = [same_pads(*axis) for axis in zip(_spatial_sizes(x), _spatial_sizes(weight), strides, dilation)]
-        # traced sizes (an export with free sizes) give traced amounts, whose
-        # symmetry a Python test would fix for the traced size only
-        if all(isinstance(a, int) and a == b for a, b in pads):
+        sizes = zip(_spatial_sizes(x), _spatial_sizes(weight), strides, dilation)
+        pads = [same_pads(*axis) for axis in sizes]
+        # traced by torch.jit with free sizes, the amounts are tensors, and a
+        # Python test of their symmetry would hold for the traced size only
+        if all(not isinstance(a, torch.Tensor) and a == b for a, b in pads):
             torch_padding = tuple(a for a, _ in pads)
         else:
             pads = (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
