@@ -320,15 +320,13 @@ if BACKEND == "torch":
     # V3 small at 224 px from torch: 0.77x the time of the export with the arithmetic).
     def test_torch_onnx_same_padding_folds_into_the_convolutions(artifacts, tmp_path):
         onnx = pytest.importorskip("onnx")
-        ort = pytest.importorskip("onnxruntime")
-        path = artifacts("v3_small", "onnx")
-        ops = [node.op_type for node in onnx.load(path).graph.node]
+        pytest.importorskip("onnxruntime")
+        from test_export_graph import optimized_ops
+
+        model = onnx.load(artifacts("v3_small", "onnx"))
+        ops = [node.op_type for node in model.graph.node]
         assert "Pad" in ops and "Shape" not in ops and "Sub" not in ops, sorted(set(ops))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        optimized = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+        optimized = optimized_ops(model, tmp_path)
         assert "Pad" not in optimized, sorted(set(optimized))
 
     # With free sizes the pad amounts must stay arithmetic on the input's shape: at
