@@ -25,7 +25,8 @@ itself as well. Under torch.compile the plain `keras.ops` route is traced
 import types
 
 import keras
-from keras.src.backend import get_autocast_scope
+import numpy as np
+from keras.src.backend import AutocastScope, get_autocast_scope
 from keras.src.backend.common import global_state
 from keras.src.models.functional import Functional
 
@@ -33,6 +34,9 @@ _TORCH = keras.backend.backend() == "torch"
 _TENSORFLOW = keras.backend.backend() == "tensorflow"
 if _TORCH:
     import torch
+
+    _TORCH_FLOATS = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                     "float16": torch.float16}
 
 
 class FastCall:
@@ -44,23 +48,55 @@ class FastCall:
             and args
             and self.built
             and isinstance(args[0], torch.Tensor)
-            and args[0].dtype == torch.float32
-            and self.compute_dtype == "float32"
-            and self.variable_dtype == "float32"
             and getattr(self, "quantization_mode", None) is None
             and self._remat_mode is None
-            and get_autocast_scope() is None
         ):
-            if self._call_has_training_arg:
-                if kwargs.get("training") is None:
-                    context = global_state.get_global_attribute("current_call_ctx")
-                    training = None if context is None else context.training
-                    if training is not None:
-                        kwargs["training"] = training
-            else:
-                kwargs.pop("training", None)
-            return self.call(*args, **kwargs)
+            if (args[0].dtype == torch.float32 and self.compute_dtype == "float32"
+                    and self.variable_dtype == "float32" and get_autocast_scope() is None):
+                return self.call(*args, **self._call_kwargs(kwargs))
+            if _mixed_while_compiling(self, args):
+                return self._mixed_call(args[0], kwargs)
         return super().__call__(*args, **kwargs)
+
+    def _call_kwargs(self, kwargs):
+        """`kwargs` with `training` resolved as Keras' `__call__` would."""
+        if self._call_has_training_arg:
+            if kwargs.get("training") is None:
+                context = global_state.get_global_attribute("current_call_ctx")
+                training = None if context is None else context.training
+                if training is not None:
+                    kwargs["training"] = training
+        else:
+            kwargs.pop("training", None)
+        return kwargs
+
+    def _mixed_call(self, x, kwargs):
+        """What Keras' `__call__` does for a mixed-precision layer, traced by
+        torch.compile: the float input cast to the compute dtype, the call in
+        an autocast scope of that dtype (float32 variables read in it). Keras'
+        own `__call__` breaks the compiled graph there (it reads the call
+        signature through `inspect`, and `keras.layers.Rescaling` its ops
+        through a module that imports): dozens of graphs, recompiled past
+        torch's limit for the layers they share code with, then traced with
+        symbolic shapes, which failed (mixed_bfloat16 V3 small,
+        `jit_compile=True`)."""
+        x = x.to(_TORCH_FLOATS[self.compute_dtype])
+        scope = get_autocast_scope()
+        kwargs = self._call_kwargs(kwargs)
+        if scope is not None and scope.dtype == self.compute_dtype:
+            return self.call(x, **kwargs)
+        with AutocastScope(self.compute_dtype):
+            return self.call(x, **kwargs)
+
+
+def _mixed_while_compiling(layer, args):
+    """Whether `layer` takes `_mixed_call`: torch.compile tracing a float
+    tensor through a layer of a mixed policy (float32 variables, a 16-bit
+    compute dtype) that autocasts, with one positional argument."""
+    return (len(args) == 1 and args[0].is_floating_point() and layer.autocast
+            and layer.variable_dtype == "float32" and layer.compute_dtype in _TORCH_FLOATS
+            and layer.compute_dtype != "float32" and layer._convert_input_args
+            and torch.compiler.is_compiling())
 
 
 def eager_torch_inference(x):
@@ -92,6 +128,10 @@ def kept(layer, name, make):
     state = tuple((v, v._value, v._value._version) for v in variables)
     object.__setattr__(layer, name, (state, value))  # past Keras' attribute tracking: a cache
     return value
+
+
+def _as_tensor(value):
+    return keras.ops.convert_to_tensor(value) if isinstance(value, np.ndarray) else value
 
 
 def _own_code(fn):
@@ -141,9 +181,18 @@ class FastFunctional(FastCall, Functional):
         super().make_predict_function(force)
         fn = getattr(self.predict_function, "_torchdynamo_orig_callable", None)
         if made and fn is not None:
-            self.predict_function = torch.compile(
+            compiled = torch.compile(
                 _own_code(fn),
                 options={"guard_filter_fn": torch.compiler.keep_portable_guards_unsafe})
+
+            def predict_function(data):
+                # NumPy arrays (`predict_on_batch(array)`) become tensors
+                # first: torch.compile failed building the guards of an
+                # array input ("Boolean value of Tensor ... is ambiguous").
+                return compiled(keras.tree.map_structure(_as_tensor, data))
+
+            predict_function._torchdynamo_orig_callable = compiled._torchdynamo_orig_callable
+            self.predict_function = predict_function
         return self.predict_function
 
     def make_train_function(self, force=False):

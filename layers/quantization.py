@@ -229,15 +229,17 @@ def _batch_norm_base():
 
 def _rescaling_base():
     """`keras.layers.Rescaling` that multiplies and adds in torch itself on a
-    float32 torch tensor. Keras' own call reaches its ops through a module
-    that switches backends by importing, which torch.compile cannot trace:
-    a graph break in front of the stem."""
+    float torch tensor of its compute dtype (Keras' `__call__` casts the input
+    to it). Keras' own call reaches its ops through a module that switches
+    backends by importing, which torch.compile cannot trace: a graph break in
+    front of the stem."""
 
     class Rescaling(keras.layers.Rescaling):  # the class name is the saved one
         def call(self, inputs):
-            if (_TORCH and isinstance(inputs, torch.Tensor) and inputs.dtype == torch.float32
-                    and self.compute_dtype == "float32"
+            if (_TORCH and isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
+                    and keras.backend.standardize_dtype(inputs.dtype) == self.compute_dtype
                     and keras.config.image_data_format() == "channels_last"):
+                # Keras casts scale and offset to the compute dtype too.
                 scale = torch.as_tensor(self.scale, dtype=inputs.dtype, device=inputs.device)
                 offset = torch.as_tensor(self.offset, dtype=inputs.dtype, device=inputs.device)
                 return inputs * scale + offset

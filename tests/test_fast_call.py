@@ -449,3 +449,48 @@ def test_train_step_drops_the_last_steps_gradients_before_the_forward_pass():
         reference.train_on_batch(x, y)
     for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_torch_compile_traces_a_mixed_precision_model_whole(mixed_bfloat16, training):
+    """Under `mixed_bfloat16` too the model is one graph (Keras' `__call__`,
+    taken by every layer of a mixed policy, broke it at every layer: the
+    frames recompiled past torch's limit, were traced with symbolic shapes
+    and failed in `jit_compile=True` predict and training of V3 small), and
+    its output is the eager model's to bfloat16 rounding."""
+    import torch
+
+    x = torch.as_tensor(random_images(2, 64, 64, low=0.0, high=255.0))
+    model = every_row_model(input_shape=(64, 64, 3), num_classes=3)
+    assert sum(layer.compute_dtype == "bfloat16" for layer in model.layers) > 5
+    models = [model, every_row_model(input_shape=(64, 64, 3), num_classes=3)]
+    models[1].set_weights(model.get_weights())  # training updates the moving statistics
+    with torch.no_grad():
+        eager = to_numpy(models[0](x, training=training)).astype("float32")
+        compiled = torch.compile(lambda a: models[1](a, training=training), fullgraph=True,
+                                 backend="aot_eager")
+        out = to_numpy(compiled(x)).astype("float32")
+    assert out.dtype == eager.dtype and out.shape == eager.shape == (2, 3)
+    np.testing.assert_allclose(out, eager, rtol=0.05, atol=0.02)
+
+
+def test_compiled_predict_takes_numpy_arrays():
+    """`predict_on_batch(array)` with `jit_compile=True` gives the eager
+    output (torch.compile failed building its guards on the array)."""
+    import torch
+
+    model = tiny_model()
+    model.compile(jit_compile=True)
+    x = random_images(2, 16, 16)
+    with torch.no_grad():
+        eager = to_numpy(model(torch.as_tensor(x), training=False))
+    np.testing.assert_allclose(model.predict_on_batch(x), eager, rtol=1e-4, atol=1e-5)
