@@ -99,6 +99,29 @@ def keras_build_code(spec, impl, input_shape):
             f"input_shape={input_shape!r}, weights=None)")
 
 
+def make_package_importable():
+    """Let the workers import `keras_mobilenets` from a bare checkout (a GPU
+    machine where nothing can be installed): the repository root is that
+    package, so a link named `keras_mobilenets` to it, in a folder put on
+    PYTHONPATH, which the workers inherit. Returns that folder, or None when
+    the package is importable already."""
+    import importlib.util
+    import tempfile
+
+    try:
+        found = importlib.util.find_spec("keras_mobilenets") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return None
+    folder = tempfile.mkdtemp(prefix="keras_mobilenets_path_")
+    os.symlink(REPO_ROOT, os.path.join(folder, "keras_mobilenets"))
+    sys.path.insert(0, folder)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (folder, os.environ.get("PYTHONPATH")) if p)
+    return folder
+
+
 def limit_threads(threads):
     """Pin this process (and the workers, which inherit it) to `threads` cores."""
     cpus = sorted(os.sched_getaffinity(0))[:threads]

@@ -19,7 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, KERAS_BACKENDS, MODELS, REPO_ROOT, error_text, limit_threads, log
+from common import (
+    HERE,
+    KERAS_BACKENDS,
+    MODELS,
+    REPO_ROOT,
+    error_text,
+    limit_threads,
+    log,
+    make_package_importable,
+)
 from plot import plot
 from report import render_report
 from timing import OVERRUN_S, measure_peak, out_of_time
@@ -179,6 +188,9 @@ def driver(args):
     if args.threads:
         log(f"pinned to cores {limit_threads(args.threads)}")
     t_start = time.perf_counter()
+    linked = make_package_importable()
+    if linked:
+        log(f"keras_mobilenets is not installed: imported from {REPO_ROOT} through {linked}")
     machine = machine_info()
     log("measuring peak matmul throughput ...")
     peak_size = args.peak_size or (8192 if args.device == "gpu" else 2048)
