@@ -461,6 +461,29 @@ def mixed_bfloat16():
 
 
 @pytest.mark.parametrize("training", [False, True])
+def test_mixed_precision_fast_path_matches_keras_call(mixed_bfloat16, training, monkeypatch):
+    """Under `mixed_bfloat16` the layers skip Keras' `__call__` too (cast to
+    bfloat16, autocast scope, training from the enclosing call) and give
+    exactly its output, BatchNorm statistics and drop-path masks."""
+    def run(fast):
+        monkeypatch.setattr(fast_call, "_TORCH", fast)
+        keras.utils.set_random_seed(3)
+        model = create_mobilenetv4("hybrid_medium", input_shape=(64, 64, 3), num_classes=5,
+                                   drop_path_rate=0.5)
+        keras.utils.set_random_seed(4)
+        out, calls = keras_calls(model, random_images(2, 64, 64), training=training)
+        return out, calls, [to_numpy(w) for w in model.non_trainable_weights]
+
+    fast, fast_calls, fast_stats = run(True)
+    slow, slow_calls, slow_stats = run(False)
+    assert fast.dtype == slow.dtype
+    np.testing.assert_array_equal(fast, slow)
+    for a, b in zip(fast_stats, slow_stats):
+        np.testing.assert_array_equal(a, b)
+    assert fast_calls < slow_calls / 10, (fast_calls, slow_calls)
+
+
+@pytest.mark.parametrize("training", [False, True])
 def test_torch_compile_traces_a_mixed_precision_model_whole(mixed_bfloat16, training):
     """Under `mixed_bfloat16` too the model is one graph (Keras' `__call__`,
     taken by every layer of a mixed policy, broke it at every layer: the
