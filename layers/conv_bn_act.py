@@ -151,6 +151,9 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         elif (self.conv.quantization_mode is None and self.conv.data_format == "channels_last"
               and eager_torch_inference(x)):
             return self._torch_inference(x)
+        elif self._compiled_pointwise(x):
+            x = self._compiled_pointwise_conv(x)
+            return x if self.aa is None else self.aa(x)
         else:
             x = self._folded_conv(x)
         if self.act is not None:
@@ -227,20 +230,39 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         numbers) instead of the activations, it saves three elementwise passes
         over the feature map (JAX fuses them either way). Exact up to float rounding, about 1e-6 of the output's scale.
         """
-        if (_TORCH and not self.depthwise and tuple(self.conv.kernel.shape[:2]) == (1, 1)
-                and torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
-            # A compiled graph would fold the kernel again on every call (all
-            # the model's weights, read and written: at batch 1 more than the
-            # convolutions' own work); scaling the output per channel instead
-            # is fused with the activation. Only for 1x1 convolutions: on the
-            # depthwise and the stem it made compiled V3 small slower at batch
-            # 1 and 32 (docs/torch_backend.md). Exported graphs keep the
-            # folded kernels.
-            scale, shift = self._batch_norm_affine()
-            y = self.conv.convolution_op(x, ops.cast(self.conv.kernel, x.dtype), bias=None)
-            return ops.cast(ops.cast(y, "float32") * scale + shift, x.dtype)
         kernel, shift = self._folded_weights(x)
         return self.conv.convolution_op(x, kernel, bias=shift)
+
+    def _compiled_pointwise(self, x):
+        """Whether this is a 1x1 convolution inside torch.compile (not an export)."""
+        return (_TORCH and not self.depthwise and tuple(self.conv.kernel.shape[:2]) == (1, 1)
+                and isinstance(x, torch.Tensor) and x.ndim == 4
+                and torch.compiler.is_compiling() and not torch.compiler.is_exporting())
+
+    def _compiled_pointwise_conv(self, x):
+        """A 1x1 convolution, its inference BatchNorm and activation, compiled.
+
+        A compiled graph would fold the kernel again on every call (all the
+        model's weights, read and written: at batch 1 more than the
+        convolutions' own work), so the output is scaled per channel instead,
+        fused with the activation. Only for 1x1 convolutions: on the depthwise
+        and the stem it made compiled V3 small slower at batch 1 and 32
+        (docs/torch_backend.md). Exported graphs keep the folded kernels.
+
+        The scaling and the activation are written on the NCHW view of the
+        output: on the channels-last view Inductor (CPU) stored the scaled
+        map before the activation, in a layout of its own (height innermost),
+        transposing it on the way in and out (docs/torch_backend.md).
+        """
+        scale, shift = self._batch_norm_affine()
+        y = self.conv.convolution_op(x, ops.cast(self.conv.kernel, x.dtype), bias=None)
+        nchw = y.permute(0, 3, 1, 2).to(torch.float32)
+        nchw = (nchw * scale[:, None, None] + shift[:, None, None]).to(y.dtype)
+        act = torch_function(self.act)
+        if act is not None:
+            nchw = act(nchw)
+        y = nchw.permute(0, 2, 3, 1)
+        return y if act is not None or self.act is None else self.act(y)
 
     def _batch_norm_affine(self):
         """Inference BatchNorm (after the convolution's bias) as `y * scale +

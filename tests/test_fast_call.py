@@ -517,3 +517,44 @@ def test_compiled_predict_takes_numpy_arrays():
     with torch.no_grad():
         eager = to_numpy(model(torch.as_tensor(x), training=False))
     np.testing.assert_allclose(model.predict_on_batch(x), eager, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_inference_keeps_feature_maps_channels_last():
+    """Compiled on CPU, Inductor stores a feature map that is read twice (as
+    by hard-swish) and leads to a convolution with the channels-last
+    strides of an NCHW tensor, computed from the shape it sees. For a
+    channels-last tensor that is a layout with the height innermost: V3
+    small's scaled 1x1 outputs were written through 8x8 transposes and read
+    back the same way (docs/torch_backend.md). The 1x1 convolution's
+    BatchNorm and activation are therefore written on the NCHW view. Checks
+    the buffers of the generated code, and the output."""
+    import re
+
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    from keras_mobilenets.layers import ConvBnAct
+
+    pointwise = ConvBnAct(16, 1, 1, activation="hard_swish")
+    depthwise = ConvBnAct(16, 3, 2, depthwise=True, activation="relu")
+    x = torch.as_tensor(random_images(2, 12, 12))
+    pointwise.build(x.shape)
+    depthwise.build((2, 12, 12, 16))
+    for layer in (pointwise, depthwise):  # BatchNorm statistics that change the output
+        layer.bn.moving_mean.assign(np.linspace(-1, 1, 16).astype("float32"))
+        layer.bn.moving_variance.assign(np.linspace(0.5, 2, 16).astype("float32"))
+    with torch.no_grad():
+        eager = to_numpy(depthwise(pointwise(x, training=False), training=False))
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda a: depthwise(pointwise(a, training=False), training=False))
+        out, (code, *_) = run_and_get_code(compiled, x)
+    np.testing.assert_allclose(to_numpy(out), eager, rtol=1e-5, atol=1e-5)
+    buffers = re.findall(r"empty_strided\w*\(\(([\d, ]+)\), \(([\d, ]+)\)", code)
+    assert buffers, "no buffer allocations found in the generated code"
+    shapes = [([int(v) for v in size.split(",") if v.strip()],
+               [int(v) for v in stride.split(",") if v.strip()]) for size, stride in buffers]
+    # (batch, height, width, 16) with the height's stride 1; NCHW-shaped
+    # buffers have the 16 channels second (no spatial size here is 16)
+    height_innermost = [(size, stride) for size, stride in shapes
+                        if len(size) == 4 and size[3] == 16 and stride[1] == 1]
+    assert not height_innermost, height_innermost
