@@ -234,8 +234,10 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         return self.conv.convolution_op(x, kernel, bias=shift)
 
     def _compiled_pointwise(self, x):
-        """Whether this is a 1x1 convolution inside torch.compile (not an export)."""
+        """Whether this is a channels-last 1x1 convolution inside torch.compile
+        (not an export)."""
         return (_TORCH and not self.depthwise and tuple(self.conv.kernel.shape[:2]) == (1, 1)
+                and self.conv.data_format == "channels_last"
                 and isinstance(x, torch.Tensor) and x.ndim == 4
                 and torch.compiler.is_compiling() and not torch.compiler.is_exporting())
 
