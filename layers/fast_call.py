@@ -135,6 +135,25 @@ def _as_tensor(value):
     return keras.ops.convert_to_tensor(value) if isinstance(value, np.ndarray) else value
 
 
+# NumPy dtypes torch shares memory with (Keras converts the rest itself).
+_SHAREABLE = frozenset(np.dtype(t) for t in (
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"))
+
+
+def _shared_tensor(value):
+    """A NumPy batch as a torch tensor on the same memory (on a GPU, one
+    copy there). Keras' torch conversion copies an array (`np.array`) before
+    handing it to torch, and the copy of an image batch stays alive through
+    the forward pass, where a training step's memory peaks. Arrays torch
+    cannot share (read-only, strided, other dtypes) are left to Keras."""
+    if (isinstance(value, np.ndarray) and value.dtype in _SHAREABLE
+            and value.flags.c_contiguous and value.flags.writeable):
+        from keras.src.backend.torch.core import get_device
+
+        return torch.as_tensor(value, device=get_device())
+    return value
+
+
 def _own_code(fn):
     """`fn` with a code object of its own. torch.compile keeps compiled
     entries per code object, and Keras' step closures of all models share
@@ -228,9 +247,13 @@ class FastFunctional(FastCall, Functional):
         dropped before the forward pass, as timm's loop does. Keras' torch
         step drops them after it, so they stayed alive through the forward
         pass, where the step's memory peaks (one model-sized copy more:
-        measured in `docs/training_memory.md`)."""
+        measured in `docs/training_memory.md`). NumPy batches (`train_on_batch`)
+        become tensors on their own memory (`_shared_tensor`) instead of Keras'
+        copy."""
         if _TORCH:
             self.zero_grad()
+            if not torch.compiler.is_compiling():
+                args = keras.tree.map_structure(_shared_tensor, args)
         return super().train_step(*args)  # JAX's takes (state, data)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):

@@ -416,22 +416,37 @@ def test_batch_norm_operator_rejects_an_unknown_activation():
         batch_norm_act(torch.ones(2, 3, 4, 4), torch.ones(3), torch.zeros(3), 1e-3, "swish")
 
 
+def test_numpy_batches_torch_cannot_share_are_left_to_keras():
+    """Read-only, strided and unsigned 32-bit arrays stay NumPy (Keras
+    converts them, copying); a float64 batch is shared as float64, which
+    Keras then casts as it would have."""
+    x = np.zeros((2, 3), "float32")
+    x.flags.writeable = False
+    for value in (x, np.zeros((3, 4), "float32")[:, ::2], np.zeros(3, "uint32"), [1.0], None):
+        assert fast_call._shared_tensor(value) is value
+    shared = fast_call._shared_tensor(np.ones((2, 3)))
+    assert str(shared.dtype) == "torch.float64"
+
+
 def test_train_step_drops_the_last_steps_gradients_before_the_forward_pass():
     """Keras' torch step clears the gradients after its forward pass; ours
-    before it (timm's order), so they do not add to the forward's peak. The
-    steps still update the weights as Keras' do."""
+    before it (timm's order), so they do not add to the forward's peak. And
+    a NumPy batch reaches the model on its own memory, not as Keras' copy,
+    which would be alive at that peak too. The steps still update the
+    weights as Keras' do."""
     model = tiny_model()
     reference = tiny_model()
     reference.set_weights(model.get_weights())
     x = random_images(4, 16, 16)
     y = np.arange(4) % 3
-    seen = []
+    seen, shared = [], []
     first = model.layers[1]
     original = type(first).call
 
     def spying(self, *args, **kwargs):
         if self is first and kwargs.get("training"):
             seen.append(sum(v.value.grad is not None for v in model.trainable_weights))
+            shared.append(args[0].data_ptr() == x.ctypes.data)
         return original(self, *args, **kwargs)
 
     for m in (model, reference):
@@ -443,6 +458,7 @@ def test_train_step_drops_the_last_steps_gradients_before_the_forward_pass():
     finally:
         type(first).call = original
     assert seen == [0, 0, 0]
+    assert shared == [True, True, True]
     # Keras' own step gives the same weights.
     reference.train_step = types.MethodType(keras.Model.train_step, reference)
     for _ in range(3):
