@@ -32,20 +32,19 @@ test images by at least 50x the export tolerance.
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
+from background import finish, start, subprocess_env
 from conftest import BACKEND, load_example, max_abs_diff, to_numpy
+from tflite_graph import assert_builtin_only, first_ops_constant_shapes, litert_ops
 
 from keras_mobilenets.weights.assign import leaf_layers
 from mobilenet_v3 import create_mobilenetv3
 from mobilenet_v4 import create_mobilenetv4
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64  # small inputs keep the suite fast; every model (V4 hybrids too) handles them
 SHAPE = (SIZE, SIZE, 3)
 NUM_CLASSES = 10
@@ -188,62 +187,6 @@ def run_saved_model(path, x):
 
 RUNTIMES = {"litert": run_litert, "onnx": run_onnx, "tf_saved_model": run_saved_model}
 
-
-def read_tflite(path):
-    """The flatbuffer model of a .tflite file, and `op_name(operator code)`."""
-    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
-    with open(path, "rb") as f:
-        model = schema.Model.GetRootAs(f.read(), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-
-    def op_name(code):
-        return names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
-
-    return model, op_name
-
-
-def litert_ops(path):
-    """`[(op name, custom code)]` of every operator code in a .tflite flatbuffer,
-    plus the op names the interpreter resolves (without default delegates,
-    which would show up as DELEGATE)."""
-    interpreter_lib = pytest.importorskip("ai_edge_litert.interpreter")
-    model, op_name = read_tflite(path)
-    codes = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        custom = code.CustomCode()
-        codes.append((op_name(code), custom.decode() if custom else None))
-    interpreter = interpreter_lib.Interpreter(
-        model_path=path,
-        experimental_op_resolver_type=interpreter_lib.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.allocate_tensors()
-    resolved = sorted({op["op_name"] for op in interpreter._get_ops_details()})
-    return codes, resolved, interpreter
-
-
-def first_ops_constant_shapes(path, op_names):
-    """Shapes of the constant inputs of the first operator of each name."""
-    model, op_name = read_tflite(path)
-    graph = model.Subgraphs(0)
-    found = {}
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        name = op_name(model.OperatorCodes(op.OpcodeIndex()))
-        if name in op_names and name not in found:
-            tensors = [graph.Tensors(t) for t in op.InputsAsNumpy() if t >= 0]
-            found[name] = [tuple(t.ShapeAsNumpy().tolist()) if t.ShapeLength() else ()
-                           for t in tensors if model.Buffers(t.Buffer()).DataLength()]
-    return [found.get(name) for name in op_names]
-
-
-def assert_builtin_only(path):
-    codes, resolved, interpreter = litert_ops(path)
-    for name, custom in codes:
-        assert name != "CUSTOM" and custom is None, (name, custom)
-    for name in resolved:
-        assert not name.startswith("Flex") and name not in ("CUSTOM", "DELEGATE"), resolved
-    return resolved, interpreter
 
 
 # --- 1. float export ----------------------------------------------------------
@@ -523,38 +466,6 @@ LOAD_SCRIPT = textwrap.dedent(
         np.save(os.path.join(folder, name + "." + keras.backend.backend() + ".npy"), out)
     """
 )
-
-
-def subprocess_env(backend):
-    env = {**os.environ, "KERAS_BACKEND": backend}
-    if backend == "jax":
-        # Unoptimised XLA compiles the forward passes and the train step
-        # below about twice as fast, with the same outputs to float32 rounding.
-        flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
-    return env
-
-
-def start(script, args, env):
-    return subprocess.Popen(
-        [sys.executable, "-c", script, ROOT, *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(proc, what):
-    """Wait for a background process; its stdout, or a failure with its stderr."""
-    try:
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, f"{what} failed:\n{err[-3000:]}"
-    return out
 
 
 @pytest.fixture(scope="module")
