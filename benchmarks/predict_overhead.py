@@ -6,8 +6,10 @@ alternating rounds; with `--profile` the kernels of one call of each.
     python benchmarks/predict_overhead.py --model v3_small --batch 256 --mixed-precision
 
 On a GPU (benchmarks/README.md "GPU") or the CPU (no GPU visible). Prints a
-table: median ms per call over the rounds (each round's figure the median
-of `--calls` calls) and the ratio to timm compiled.
+table: median ms per call over the rounds (each round's figure the mean of
+`--calls` calls in a row, runners in alternating order, as
+`torch_overhead.py`) and the median of the per-round ratios to timm
+compiled.
 """
 
 import argparse
@@ -20,6 +22,7 @@ os.environ["KERAS_BACKEND"] = "torch"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import MODELS, REPO_ROOT, keras_build_code, make_package_importable  # noqa: E402
+from timing import alternate  # noqa: E402
 
 
 def main():
@@ -77,27 +80,18 @@ def main():
         t0 = time.perf_counter()
         fn()
         print(f"{name}: first call {time.perf_counter() - t0:.1f} s", flush=True)
-        for _ in range(3):
-            fn()
-    rounds = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, fn in runners.items():
-            times = []
-            for _ in range(args.calls):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            rounds[name].append(1e3 * statistics.median(times))
-    ref_ms = statistics.median(rounds["timm compiled"])
+    rounds = alternate(runners, args.rounds, args.calls)
+    ratios = {name: [a / b for a, b in zip(values, rounds["timm compiled"])]
+              for name, values in rounds.items()}
     print(f"\n{args.model}, batch {args.batch}, {device}, "
           f"{'mixed bfloat16' if args.mixed_precision else 'float32'}: "
           f"{args.rounds} rounds of {args.calls} calls")
-    print("| runner | median ms | rounds (min-max) | / timm compiled |")
+    print("| runner | median ms | rounds (min-max) | / timm compiled (min-max) |")
     print("|---|---:|---:|---:|")
     for name, values in rounds.items():
-        med = statistics.median(values)
-        print(f"| {name} | {med:.3f} | {min(values):.3f}-{max(values):.3f} | "
-              f"{med / ref_ms:.2f} |")
+        r = ratios[name]
+        print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f}-{max(values):.3f} | "
+              f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f}) |")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -1,6 +1,7 @@
-"""Timing: the median of repeated calls, the first (compiling) call, the run's
---time-limit, turns on the GPU between the workers of a --parallel run, and the
-machine's peak matmul throughput, which the report's fractions of peak divide by.
+"""Timing: the median of repeated calls, blocks of calls in alternating
+rounds, the first (compiling) call, the run's --time-limit, turns on the GPU
+between the workers of a --parallel run, and the machine's peak matmul
+throughput, which the report's fractions of peak divide by.
 """
 
 import contextlib
@@ -250,3 +251,22 @@ def add_missing_peaks(run, saved):
         if name.split(" (")[0] not in known:
             run["peaks"][f"{name} (measured on re-render, {day})"] = value
     run["peak_ref"] = max(run["peaks"], key=run["peaks"].get)
+
+
+def block_ms(fn, calls):
+    """Mean ms per call of `calls` calls of `fn` in a row."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def alternate(runners, rounds, calls):
+    """Per-round ms of each runner, in alternating order, after two warm-up calls each."""
+    for run in runners.values():
+        run(), run()
+    times = {name: [] for name in runners}
+    for r in range(rounds):
+        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+            times[name].append(block_ms(runners[name], calls))
+    return times

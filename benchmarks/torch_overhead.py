@@ -19,13 +19,15 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "torch"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402  (before Keras, which may import TensorFlow)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import alternate, block_ms  # noqa: E402
 
 # name -> (factory module, factory, variant, timm name). Ours in timm's style
 # (V4's default; V3's default is keras.applications', with a built-in
@@ -41,24 +43,6 @@ MODELS = {
     "v4_hybrid_medium": ("mobilenet_v4", "create_mobilenetv4", "hybrid_medium",
                          "mobilenetv4_hybrid_medium"),
 }
-
-
-def block_ms(fn, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls * 1e3
-
-
-def alternate(runners, rounds, calls):
-    """Per-round ms of each runner, in alternating order, after two warm-up calls each."""
-    for run in runners.values():
-        run(), run()
-    times = {name: [] for name in runners}
-    for r in range(rounds):
-        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
-            times[name].append(block_ms(runners[name], calls))
-    return times
 
 
 def rows_of(key, batch, times, against):
