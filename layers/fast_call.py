@@ -37,6 +37,8 @@ if _TORCH:
     import torch
     from keras.src.backend.torch.core import to_torch_dtype
 
+    from . import recompute
+
 
 class FastCall:
     """Mixin: see the module docstring. Put it before the Keras base class."""
@@ -163,6 +165,30 @@ def _own_code(fn):
                               fn.__defaults__, fn.__closure__)
 
 
+def _graph_steps(model):
+    """`[(node, ids of the tensors it reads last)]` in the order Keras runs
+    the nodes (by depth, deepest first); False where the graph walk should
+    stay Keras' own (an output not computed by a node of the walk)."""
+    order = [node for depth in sorted(model._nodes_by_depth, reverse=True)
+             for node in model._nodes_by_depth[depth]
+             if node.operation and not node.is_input]
+    last = {}
+    for i, node in enumerate(order):
+        for x in node.input_tensors:
+            last[id(x)] = i
+    made = {id(x) for x in model.inputs}
+    for node in order:
+        made.update(id(x) for x in node.outputs)
+    if any(id(x) not in made for x in model.outputs):
+        return False
+    kept = {id(x) for x in model.outputs} | {id(x) for x in model.inputs}
+    reads = [[] for _ in order]
+    for key, i in last.items():
+        if key not in kept:
+            reads[i].append(key)
+    return [(node, tuple(r)) for node, r in zip(order, reads)]
+
+
 @keras.saving.register_keras_serializable(package="keras_mobilenets")
 class FastFunctional(FastCall, Functional):
     """The functional model the factories return: a `keras.Model` whose own
@@ -249,12 +275,51 @@ class FastFunctional(FastCall, Functional):
         pass, where the step's memory peaks (one model-sized copy more:
         measured in `docs/training_memory.md`). NumPy batches (`train_on_batch`)
         become tensors on their own memory (`_shared_tensor`) instead of Keras'
-        copy."""
+        copy, and tensors the layers can rebuild from the batch are rebuilt in
+        the backward pass instead of kept (`recompute`: V3's rescaled copy of
+        the batch)."""
         if _TORCH:
             self.zero_grad()
             if not torch.compiler.is_compiling():
                 args = keras.tree.map_structure(_shared_tensor, args)
+                with recompute.recording():
+                    return super().train_step(*args)
         return super().train_step(*args)  # JAX's takes (state, data)
+
+    def _run_through_graph(self, inputs, operation_fn=lambda op: op, call_fn=None):
+        """Keras' walk through the model's graph, in Keras' order, except
+        that each intermediate tensor is let go after the last layer that
+        reads it. Keras keeps every tensor of the forward pass until the
+        pass ends, where a training step's memory peaks: on torch, that kept
+        the tensors autograd does not save beside those it does (V3's
+        rescaled batch, block outputs read only by a residual sum), and in
+        eager inference every feature map at once. Traced graphs (JAX,
+        TensorFlow, torch.compile) free by liveness anyway."""
+        steps = self.__dict__.get("_graph_steps")
+        if steps is None:
+            steps = _graph_steps(self)
+            object.__setattr__(self, "_graph_steps", steps)  # a cache, past Keras' tracking
+        if steps is False:
+            return super()._run_through_graph(inputs, operation_fn, call_fn)
+        tensors = {id(x): y for x, y in zip(self.inputs, keras.tree.flatten(inputs))}
+        for node, last_reads in steps:
+            if any(id(x) not in tensors for x in node.input_tensors):
+                continue  # not computable from the inputs given, as in Keras
+            args, kwargs = node.arguments.fill_in(tensors)
+            if call_fn is not None:
+                outputs = call_fn(operation_fn(node.operation), *args, **kwargs)
+            else:
+                outputs = operation_fn(self._get_operation_for_node(node))(*args, **kwargs)
+            for x, y in zip(node.outputs, keras.tree.flatten(outputs)):
+                tensors[id(x)] = y
+            del args, kwargs, outputs
+            for key in last_reads:
+                tensors.pop(key, None)
+        for i, x in enumerate(self.outputs):
+            if id(x) not in tensors:
+                raise ValueError(f"Output {i} of {self.name} is not connected to `inputs`")
+        return keras.tree.pack_sequence_as(self._outputs_struct,
+                                           [tensors[id(x)] for x in self.outputs])
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """On TensorFlow Keras builds the optimizer (Adam: two slot variables

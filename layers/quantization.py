@@ -25,6 +25,8 @@ _PACKAGE = "keras_mobilenets"
 _TORCH = keras.backend.backend() == "torch"
 if _TORCH:
     import torch
+
+    from . import recompute
 if keras.backend.backend() == "tensorflow":
     from .tf_batch_norm import batch_norm_train as tf_batch_norm_train
     from .tf_batch_norm import takes as tf_batch_norm_takes
@@ -242,10 +244,17 @@ def _rescaling_base():
                 # Keras casts scale and offset to the compute dtype too.
                 scale = torch.as_tensor(self.scale, dtype=inputs.dtype, device=inputs.device)
                 offset = torch.as_tensor(self.offset, dtype=inputs.dtype, device=inputs.device)
-                return inputs * scale + offset
+                outputs = _rescale(inputs, scale, offset)
+                # A training step keeps the batch, not this copy of it.
+                recompute.register(outputs, _rescale, inputs, scale, offset)
+                return outputs
             return super().call(inputs)
 
     return Rescaling
+
+
+def _rescale(x, scale, offset):
+    return x * scale + offset
 
 
 if _TORCH:
