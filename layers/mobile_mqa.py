@@ -8,6 +8,10 @@ from .normalization import get_norm
 from .residual import ResidualBlock
 from .utils import declare
 
+_TORCH = keras.backend.backend() == "torch"
+if _TORCH:
+    import torch
+
 _PACKAGE = "keras_mobilenets"
 
 
@@ -90,10 +94,18 @@ class MobileMQA(ResidualBlock):
         v = ops.reshape(self.value(kv_in), (batch, -1, self.value_dim))
 
         scale = float(self.key_dim) ** -0.5
-        q32 = ops.cast(q, "float32") * scale
-        logits = ops.matmul(q32, ops.transpose(ops.cast(k, "float32"), (0, 2, 1)))
-        attn = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-        o = ops.matmul(attn, v)
+        if _fused_attention(q, v):
+            # One torch kernel that keeps no attention matrix for the backward
+            # pass (it keeps its softmax normaliser and recomputes), as timm's
+            # `F.scaled_dot_product_attention`; the matmuls below kept the
+            # matrix, one (query rows x keys) map per block.
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
+        else:
+            q32 = ops.cast(q, "float32") * scale
+            logits = ops.matmul(q32, ops.transpose(ops.cast(k, "float32"), (0, 2, 1)))
+            attn = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
+            o = ops.matmul(attn, v)
         o = ops.reshape(o, (batch, height, width, self.num_heads * self.value_dim))
         x = self.output_proj(o)
         return self.finish(x, shortcut, training)
@@ -111,3 +123,11 @@ class MobileMQA(ResidualBlock):
             dw_kernel_size=self.dw_kernel_size,
         )
         return config
+
+
+def _fused_attention(q, v):
+    """Whether to take torch's fused attention: eager float32 training on
+    torch. Elsewhere the matmuls stay (traced graphs, exports, mixed
+    precision, whose logits this layer computes in float32)."""
+    return (_TORCH and isinstance(q, torch.Tensor) and torch.is_grad_enabled()
+            and q.dtype == v.dtype == torch.float32 and not torch.compiler.is_compiling())

@@ -201,3 +201,44 @@ def test_training_step_lets_the_rescaled_batch_go_before_the_classifier():
         reference.train_on_batch(x, y)
     for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kv_strides", [1, 2])
+def test_attention_training_keeps_no_attention_matrix(kv_strides, monkeypatch):
+    """Eager float32 training on torch runs `MobileMQA`'s attention as
+    torch's fused kernel, as timm does: the same output and gradients as the
+    matmul route, without the (query rows x keys) matrix kept for backward."""
+    import torch
+
+    from keras_mobilenets.layers import mobile_mqa
+
+    layer = mobile_mqa.MobileMQA(num_heads=4, key_dim=16, kv_strides=kv_strides)
+    x0 = torch.as_tensor(random_images(2, 8, 8, seed=3)).repeat(1, 1, 1, 8)  # 24 channels
+    layer(x0)
+    results = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(mobile_mqa, "_fused_attention", lambda q, v: False)
+        x = x0.clone().requires_grad_(True)
+        saved = []
+
+        def pack(t, saved=saved):
+            saved.append(t.untyped_storage().nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = layer(x, training=True)
+        y.square().mean().backward()
+        results[fused] = (y.detach(), x.grad, [w.value.grad for w in layer.trainable_weights],
+                          sum(saved))
+        for w in layer.trainable_weights:
+            w.value.grad = None
+    (y1, dx1, dw1, bytes1), (y0, dx0, dw0, bytes0) = results[True], results[False]
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx1, dx0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(dw1, dw0):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    keys = (8 // kv_strides) ** 2
+    rows = 2 * 4 * 8 * 8  # batch x query rows (heads x pixels)
+    # The fused kernel keeps one float32 normaliser per row instead.
+    assert bytes0 - bytes1 >= rows * keys * 4 - rows * 4
