@@ -7,9 +7,9 @@ its default resolution, runs two steps (or calls), then records a third with
 torch's profiler (`profile_memory`) and reads its memory timeline (the
 profiler's own, `MemoryProfileTimeline`, which `export_memory_timeline`
 plots). Reported: the largest total of live torch allocations during that
-step, weights and the batch included, in MiB. Training: ours through
-`train_on_batch` (SGD, the batch as a NumPy array, as `train_memory.py`),
-timm forward, cross-entropy, backward and SGD step; inference: ours called on
+step, weights and the batch included, in MiB. Training: `train_memory.py`'s
+steps (ours through `train_on_batch`, SGD, the batch as a NumPy array; timm
+forward, cross-entropy, backward and SGD step); inference: ours called on
 a torch tensor under `torch.no_grad()`, timm's eval-mode module. `--keras-walk`
 adds ours as before `FastFunctional`'s graph walk and `layers.recompute`:
 Keras' own walk (every tensor kept until the forward pass ends) and V3's
@@ -27,6 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import MODELS, REPO_ROOT, keras_build_code  # noqa: E402
+from train_memory import keras_steps, timm_steps  # noqa: E402
 
 IMPLS = ("ours", "ours, Keras' walk", "timm")
 
@@ -50,29 +51,8 @@ def worker(impl, key, mode, batch):
 
     spec = MODELS[key]
     size = spec["size"]
-    rng = np.random.default_rng(0)
-    if impl == "timm":
-        import timm
-
-        model = timm.create_model(spec["timm"], pretrained=False)
-        x = torch.randn(batch, 3, size, size)
-        if mode == "train":
-            y = torch.randint(0, 1000, (batch,))
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-
-            def run():
-                optimizer.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(model(x), y).backward()
-                optimizer.step()
-        else:
-            model.eval()
-
-            def run():
-                with torch.no_grad():
-                    model(x)
-    else:
+    if impl != "timm":
         sys.path.insert(0, str(REPO_ROOT))
-        import keras
         from keras.src.models.functional import Functional
 
         from keras_mobilenets.layers import recompute
@@ -81,23 +61,27 @@ def worker(impl, key, mode, batch):
         if impl != "ours":  # the state before the graph walk and the recompute
             FastFunctional._run_through_graph = Functional._run_through_graph
             recompute.register = lambda *args: None
+    if mode == "train":  # train_memory.py's steps, resident memory aside
+        _, run = (timm_steps if impl == "timm" else keras_steps)(spec, batch, remat=False)
+    elif impl == "timm":
+        import timm
+
+        model = timm.create_model(spec["timm"], pretrained=False).eval()
+        x = torch.randn(batch, 3, size, size)
+
+        def run():
+            with torch.no_grad():
+                model(x)
+    else:
         namespace = {}
         exec(keras_build_code(spec, "ours", (size, size, 3)), namespace)
         model = namespace["build"]()
-        x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
-        if mode == "train":
-            y = rng.integers(0, 1000, batch)
-            model.compile(optimizer=keras.optimizers.SGD(0.01),
-                          loss="sparse_categorical_crossentropy")
+        rng = np.random.default_rng(0)
+        x = torch.as_tensor(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))
 
-            def run():
-                model.train_on_batch(x, y)
-        else:
-            xt = torch.as_tensor(x)
-
-            def run():
-                with torch.no_grad():
-                    model(xt, training=False)
+        def run():
+            with torch.no_grad():
+                model(x, training=False)
     run(), run()
     print(json.dumps({"peak_mib": peak_mib(run)}))
 
