@@ -196,18 +196,50 @@ def torch_conv_weight(kernel, depthwise=False):
     return kernel.permute(3, 2, 0, 1)
 
 
+# Compiled 1x1 convolutions from this batch on go to ATen's convolution
+# (oneDNN there), below it to one GEMM (`torch_conv_nhwc`).
+ONEDNN_POINTWISE_BATCH = 16
+
+
+def _zero_taps(x, weight, groups, pads, strides, dilation):
+    """A depthwise convolution's TensorFlow SAME padding with one pixel more
+    after than before, as the convolution's own symmetric padding: the
+    kernel gets a row and a column of zeros before its first, so that output
+    pixel `i` still reads input pixels `s*i - before ...`. Returns the
+    kernel and padding, or None where that does not apply.
+
+    For inference only (no autograd, not exported): a padded copy of the
+    input is a new feature map on every call, and writing it cost more than
+    the convolution (`F.pad` then a 3x3 depthwise at batch 32, 64 channels,
+    112x112: 55.6 ms against 5.9 with the zero taps, one thread, AMD EPYC;
+    docs/torch_backend.md). The products with the zeros add exact zeros.
+    Dense convolutions (the stems) keep the copy: there the extra products
+    cost more than it."""
+    if (groups == 1 or groups != x.shape[1] or dilation != (1, 1)
+            or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        return None
+    left, right, top, bottom = pads
+    if top > bottom or bottom - top > 1 or left > right or right - left > 1:
+        return None
+    weight = F.pad(weight, (right - left, 0, bottom - top, 0))
+    return weight, (bottom, right)
+
+
 def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
     """`F.conv2d` of channels-last torch tensor `x` with torch-layout `weight`
     (groups = input channels / weight's), Keras' `padding` ("same" is
     TensorFlow's) after `pad` pixels on every side; channels-last result."""
     if (torch.compiler.is_compiling() and not torch.compiler.is_exporting()
             and weight.shape[2:] == (1, 1) and weight.shape[1] == x.shape[3] and not pad
-            and _pair(strides) == (1, 1)):
+            and _pair(strides) == (1, 1) and x.shape[0] < ONEDNN_POINTWISE_BATCH):
         # A 1x1 convolution is a matrix product over the channels. Compiled,
         # Inductor chose its own layout for the input and ATen then convolved
         # it with the unblocked `_slow_conv2d` (at batch 1 on one thread: 40%
         # of a compiled MobileNetV1's time); as `linear` it is one GEMM on the
-        # channels-last memory. Exported graphs keep their convolutions.
+        # channels-last memory. From batch 16 ATen convolves 1x1 with oneDNN,
+        # which was twice as fast as that GEMM (MKL) on an AMD EPYC
+        # (docs/torch_backend.md). Exported graphs keep their convolutions.
         return F.linear(x, weight[:, :, 0, 0], bias)
     x = x.permute(0, 3, 1, 2)  # an NCHW view of channels-last memory
     strides, dilation = _pair(strides), _pair(dilation_rate)
@@ -227,8 +259,12 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
                     and not torch.jit.is_tracing()):  # eager autograd, nothing tracing
                 y = _PaddedConv.apply(x, weight, bias, pads, strides, dilation, groups)
                 return y.permute(0, 2, 3, 1)
-            x = F.pad(x, pads)
-            torch_padding = (0, 0)
+            spread = _zero_taps(x, weight, groups, pads, strides, dilation)
+            if spread is not None:
+                weight, torch_padding = spread
+            else:
+                x = F.pad(x, pads)
+                torch_padding = (0, 0)
     y = F.conv2d(x, weight, bias, stride=strides, padding=torch_padding, dilation=dilation,
                  groups=groups)
     return y.permute(0, 2, 3, 1)
