@@ -128,6 +128,18 @@ def _tf_conv_nhwc(depthwise, x, kernel, strides, pad, bias=None):
     paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
     strides = _pair(strides)
     if depthwise:
+        # With its oneDNN optimisations on (the default on CPUs with AVX-512
+        # VNNI or AMX), TensorFlow's graph remapper fuses a depthwise
+        # convolution and the bias add after it into one node that loses the
+        # explicit paddings, and its shape inference aborts the process
+        # ("Check failed: ... Invalid index from the dimension: 1, 0, H"):
+        # V4 inference did. SAME is the same padding where it is symmetric;
+        # elsewhere inference (the folded bias) pads a copy.
+        sizes = zip(x.shape[1:3], kernel.shape[:2], strides)
+        if all(isinstance(n, int) and same_pads(n, k, s) == (pad, pad) for n, k, s in sizes):
+            paddings = "SAME"
+        elif bias is not None:
+            x, paddings = tf.pad(x, paddings), "VALID"
         y = tf.nn.depthwise_conv2d(x, kernel, (1, *strides, 1), paddings)
     else:
         y = tf.nn.conv2d(x, kernel, strides, paddings)

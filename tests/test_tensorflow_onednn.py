@@ -1,0 +1,47 @@
+"""TensorFlow with its oneDNN graph optimisations on (`TF_ENABLE_ONEDNN_OPTS=1`,
+TensorFlow's default on CPUs with AVX-512 VNNI or AMX): its remapper fuses a
+depthwise convolution with the bias add after it and lost explicit
+paddings on the way, aborting the process in V4's compiled inference
+(`layers/utils.py: _tf_conv_nhwc`)."""
+
+import json
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from background import finish, start, subprocess_env
+from conftest import BACKEND
+
+from keras_mobilenets import create_mobilenetv4
+
+pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's graph optimiser")
+
+PREDICT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import keras
+    import numpy as np
+    from keras_mobilenets import create_mobilenetv4
+
+    keras.utils.set_random_seed(0)
+    model = create_mobilenetv4("conv_small", input_shape=(64, 64, 3), num_classes=10)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    print(json.dumps(model.predict_on_batch(x).tolist()))
+    """
+)
+
+
+def test_v4_compiled_inference_with_onednn_optimisations():
+    """Stride-1 depthwise layers (SAME is their symmetric padding) and
+    stride-2 ones at even sizes (padded copy) both run under the remapper,
+    and give what this process gives."""
+    proc = start(PREDICT_SCRIPT, [], {**subprocess_env("tensorflow"),
+                                     "TF_ENABLE_ONEDNN_OPTS": "1"})
+    keras.utils.set_random_seed(0)
+    model = create_mobilenetv4("conv_small", input_shape=(64, 64, 3), num_classes=10)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    expected = model.predict_on_batch(x)
+    got = np.array(json.loads(finish(proc, "predicting with oneDNN optimisations").splitlines()[-1]))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
