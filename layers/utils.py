@@ -213,23 +213,24 @@ def torch_conv_weight(kernel, depthwise=False):
 ONEDNN_POINTWISE_BATCH = 16
 
 
-def _zero_taps(x, weight, groups, pads, strides, dilation):
+def _zero_taps(x, weight, groups, pads, dilation):
     """A depthwise convolution's TensorFlow SAME padding with one pixel more
     after than before, as the convolution's own symmetric padding: the
     kernel gets a row and a column of zeros before its first, so that output
     pixel `i` still reads input pixels `s*i - before ...`. Returns the
-    kernel and padding, or None where that does not apply.
+    kernel and padding, or None where that does not apply (exported and
+    traced graphs keep their `Pad`).
 
-    For inference only (no autograd, not exported): a padded copy of the
-    input is a new feature map on every call, and writing it cost more than
-    the convolution (`F.pad` then a 3x3 depthwise at batch 32, 64 channels,
-    112x112: 55.6 ms against 5.9 with the zero taps, one thread, AMD EPYC;
-    docs/torch_backend.md). The products with the zeros add exact zeros.
-    Dense convolutions (the stems) keep the copy: there the extra products
-    cost more than it."""
+    A padded copy of the input is a new feature map on every call, and
+    writing it cost more than the convolution (`F.pad` then a 3x3
+    depthwise at batch 32, 64 channels, 112x112: 55.6 ms against 5.9 with
+    the zero taps, one thread, AMD EPYC; docs/torch_backend.md); in
+    training the backward pass padded it again (`_PaddedConv`), and a
+    compiled step kept it. The products with the zeros add exact zeros, and
+    the zeros' gradients are dropped with them. Dense convolutions (the
+    stems) keep the copy: there the extra products cost more than it."""
     if (groups == 1 or groups != x.shape[1] or dilation != (1, 1)
-            or torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+            or torch.compiler.is_exporting() or torch.jit.is_tracing()):
         return None
     left, right, top, bottom = pads
     if top > bottom or bottom - top > 1 or left > right or right - left > 1:
@@ -266,14 +267,14 @@ def torch_conv_nhwc(x, weight, bias, strides, padding, dilation_rate=1, pad=0):
             torch_padding = tuple(a for a, _ in pads)
         else:
             pads = (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
-            if (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            spread = _zero_taps(x, weight, groups, pads, dilation)
+            if spread is not None:
+                weight, torch_padding = spread
+            elif (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
                     and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
                     and not torch.jit.is_tracing()):  # eager autograd, nothing tracing
                 y = _PaddedConv.apply(x, weight, bias, pads, strides, dilation, groups)
                 return y.permute(0, 2, 3, 1)
-            spread = _zero_taps(x, weight, groups, pads, strides, dilation)
-            if spread is not None:
-                weight, torch_padding = spread
             else:
                 x = F.pad(x, pads)
                 torch_padding = (0, 0)

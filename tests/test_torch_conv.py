@@ -1,6 +1,6 @@
 """`layers.utils.torch_conv_nhwc` on torch: the convolution each route
-reaches in inference (zero taps instead of a padded copy for stride-2
-depthwise layers with TensorFlow SAME padding; compiled 1x1 convolutions as a
+reaches (zero taps instead of a padded copy for stride-2 depthwise layers
+with TensorFlow SAME padding; compiled 1x1 convolutions as a
 GEMM or as ATen's convolution by batch), checked against the plain
 `F.pad` + `F.conv2d` it replaces."""
 
@@ -45,8 +45,8 @@ def aten_ops(fn):
 
 @pytest.mark.parametrize("size, kernel, multiplier", [(8, 3, 1), (9, 3, 1), (8, 5, 2), (10, 5, 1)])
 def test_depthwise_same_padding_convolves_without_a_padded_copy(size, kernel, multiplier):
-    """At stride 2 TensorFlow SAME pads one pixel more after than before. In
-    inference the kernel gets zeros in front instead, and the convolution
+    """At stride 2 TensorFlow SAME pads one pixel more after than before. The
+    kernel gets zeros in front instead, and the convolution
     pads symmetrically itself: the same output, and no padded copy of the
     feature map (it was written on every call)."""
     import torch
@@ -68,9 +68,9 @@ def test_depthwise_same_padding_convolves_without_a_padded_copy(size, kernel, mu
     assert any(c[0] == "aten.convolution" for c in calls)
 
 
-def test_dense_and_trained_convolutions_keep_the_padded_copy():
+def test_dense_convolutions_keep_the_padded_copy():
     """The stems (dense convolutions) keep `F.pad`: zero taps there cost more
-    products than the copy saves; so does anything autograd records."""
+    products than the copy saves."""
     import torch
 
     from keras_mobilenets.layers.utils import torch_conv_nhwc
@@ -83,13 +83,31 @@ def test_dense_and_trained_convolutions_keep_the_padded_copy():
     np.testing.assert_allclose(to_numpy(out), to_numpy(plain_same_conv(x, w, 2, 1)),
                                rtol=1e-5, atol=1e-5)
     assert ("aten.constant_pad_nd", (2, 3, 8, 8)) in calls
-    depthwise = torch.as_tensor(rng.normal(size=(3, 1, 3, 3)).astype("float32"),
-                                ).requires_grad_()
-    y = torch_conv_nhwc(x, depthwise, None, 2, "same")
-    y.sum().backward()
-    expected = torch.autograd.grad(plain_same_conv(x, depthwise, 2, 3).sum(), depthwise)[0]
-    np.testing.assert_allclose(to_numpy(depthwise.grad), to_numpy(expected), rtol=1e-5,
-                               atol=1e-5)
+
+
+def test_trained_depthwise_zero_taps_give_the_padded_gradients():
+    """In training too: the input's and the kernel's gradients are those of
+    `F.pad` + `F.conv2d`, and no padded copy is made or kept."""
+    import torch
+
+    from keras_mobilenets.layers.utils import torch_conv_nhwc
+
+    rng = np.random.default_rng(2)
+    x0 = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    w0 = rng.normal(size=(6, 1, 3, 3)).astype("float32")  # multiplier 2
+    g = torch.as_tensor(rng.normal(size=(2, 4, 4, 6)).astype("float32"))
+    results = []
+    for conv in (lambda x, w: torch_conv_nhwc(x, w, None, 2, "same"),
+                 lambda x, w: plain_same_conv(x, w, 2, 3)):
+        x = torch.tensor(x0, requires_grad=True)
+        w = torch.tensor(w0, requires_grad=True)
+        y, calls = aten_ops(lambda conv=conv, x=x, w=w: conv(x, w))
+        (y * g).sum().backward()
+        results.append(([to_numpy(t.detach()) for t in (y, x.grad, w.grad)], calls))
+    (ours, ours_calls), (plain, _) = results
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not [c for c in ours_calls if c[0] == "aten.constant_pad_nd" and c[1][0] == 2]
 
 
 @pytest.mark.parametrize("batch, route", [(2, "mm"), (16, "convolution")])
