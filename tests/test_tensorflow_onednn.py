@@ -45,3 +45,25 @@ def test_v4_compiled_inference_with_onednn_optimisations():
     expected = model.predict_on_batch(x)
     got = np.array(json.loads(finish(proc, "predicting with oneDNN optimisations").splitlines()[-1]))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size, kernel, stride", [(8, 3, 2), (9, 3, 2), (8, 5, 2), (8, 3, 1)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_depthwise_symmetric_padding_without_explicit_paddings(size, kernel, stride, bias):
+    """The SAME / zero-tap / padded-copy forms give the explicitly padded
+    convolution's output."""
+    import tensorflow as tf
+
+    from keras_mobilenets.layers.utils import _tf_conv_nhwc
+
+    rng = np.random.default_rng(size + kernel)
+    x = tf.constant(rng.normal(size=(2, size, size, 4)).astype("float32"))
+    k = tf.constant(rng.normal(size=(kernel, kernel, 4, 2)).astype("float32"))
+    b = tf.constant(rng.normal(size=(8,)).astype("float32")) if bias else None
+    pad = kernel // 2
+    got = _tf_conv_nhwc(True, x, k, stride, pad, b)
+    expected = tf.nn.depthwise_conv2d(x, k, (1, stride, stride, 1),
+                                      [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    if bias:
+        expected = expected + b
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
