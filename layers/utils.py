@@ -133,18 +133,17 @@ def _tf_conv_nhwc(depthwise, x, kernel, strides, pad, bias=None):
         # convolution and the bias add after it into one node that loses the
         # explicit paddings, and its shape inference aborts the process
         # ("Check failed: ... Invalid index from the dimension: 1, 0, H"):
-        # V4 inference did. SAME is the same padding where it is symmetric.
-        # In inference (the folded bias) at stride 2 and even sizes it is too
-        # with a zero tap after the kernel's last (exact zeros; a padded copy
-        # instead made V4 conv_small 1.14x slower at batch 32), else a copy.
-        taps = [_same_taps(n, k, s, pad) for n, k, s in zip(x.shape[1:3], kernel.shape[:2],
-                                                           strides)]
-        if taps == [0, 0]:
+        # V4 inference did. There SAME is the same padding where it is
+        # symmetric, and inference (the folded bias) pads a copy elsewhere.
+        # Not zero taps after the kernel (SAME with a 4x4 or 6x6 kernel):
+        # exported to .tflite, XNNPACK ran those 1.25-1.44x slower
+        # (docs/training_memory.md).
+        sizes = zip(x.shape[1:3], kernel.shape[:2], strides)
+        fused = bias is not None and _tf_onednn_enabled()
+        if fused and all(isinstance(n, int) and same_pads(n, k, s) == (pad, pad)
+                         for n, k, s in sizes):
             paddings = "SAME"
-        elif bias is not None and None not in taps:
-            kernel = tf.pad(kernel, [[0, taps[0]], [0, taps[1]], [0, 0], [0, 0]])
-            paddings = "SAME"
-        elif bias is not None:
+        elif fused:
             x, paddings = tf.pad(x, paddings), "VALID"
         y = tf.nn.depthwise_conv2d(x, kernel, (1, *strides, 1), paddings)
     else:
@@ -152,13 +151,14 @@ def _tf_conv_nhwc(depthwise, x, kernel, strides, pad, bias=None):
     return y if bias is None else y + bias
 
 
-def _same_taps(size, kernel, stride, pad):
-    """Zero taps to add after a kernel's last so that TensorFlow SAME pads
-    `pad` on both sides of an axis of static `size`: 0 or 1, None if neither."""
-    for extra in (0, 1):
-        if isinstance(size, int) and same_pads(size, kernel + extra, stride) == (pad, pad):
-            return extra
-    return None
+def _tf_onednn_enabled():
+    """Whether TensorFlow runs its oneDNN graph optimisations in this process
+    (a private TensorFlow function; unknown counts as on)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return True
+    return bool(getattr(_pywrap_util_port, "IsMklEnabled", lambda: True)())
 
 
 def same_pads(size, kernel, stride, dilation=1):

@@ -49,19 +49,31 @@ def test_v4_compiled_inference_with_onednn_optimisations():
 
 @pytest.mark.parametrize("size, kernel, stride", [(8, 3, 2), (9, 3, 2), (8, 5, 2), (8, 3, 1)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_depthwise_symmetric_padding_without_explicit_paddings(size, kernel, stride, bias):
-    """The SAME / zero-tap / padded-copy forms give the explicitly padded
-    convolution's output."""
+@pytest.mark.parametrize("onednn", [False, True])
+def test_depthwise_symmetric_padding_without_explicit_paddings(size, kernel, stride, bias,
+                                                                onednn, monkeypatch):
+    """With the oneDNN optimisations on, a depthwise convolution followed by
+    a bias add is SAME (where that is symmetric) or a padded copy, not
+    explicit paddings; each form gives the explicitly padded output."""
     import tensorflow as tf
 
+    from keras_mobilenets.layers import utils
     from keras_mobilenets.layers.utils import _tf_conv_nhwc
+
+    if not onednn and utils._tf_onednn_enabled():
+        pytest.skip("explicit paddings with a bias add abort with this process's optimisations")
+    monkeypatch.setattr(utils, "_tf_onednn_enabled", lambda: onednn)
 
     rng = np.random.default_rng(size + kernel)
     x = tf.constant(rng.normal(size=(2, size, size, 4)).astype("float32"))
     k = tf.constant(rng.normal(size=(kernel, kernel, 4, 2)).astype("float32"))
     b = tf.constant(rng.normal(size=(8,)).astype("float32")) if bias else None
     pad = kernel // 2
-    got = _tf_conv_nhwc(True, x, k, stride, pad, b)
+    graph = tf.function(lambda x: _tf_conv_nhwc(True, x, k, stride, pad, b))
+    got = graph(x)
+    ops_ = {op.type: op for op in graph.get_concrete_function(x).graph.get_operations()}
+    explicit = ops_["DepthwiseConv2dNative"].get_attr("padding") == b"EXPLICIT"
+    assert explicit == (not (onednn and bias)), ops_["DepthwiseConv2dNative"].get_attr("padding")
     expected = tf.nn.depthwise_conv2d(x, k, (1, stride, stride, 1),
                                       [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     if bias:
