@@ -1,6 +1,7 @@
 """Small helpers shared by the building blocks."""
 
 import contextlib
+import functools
 
 import keras
 from keras import ops
@@ -151,9 +152,11 @@ def _tf_conv_nhwc(depthwise, x, kernel, strides, pad, bias=None):
     return y if bias is None else y + bias
 
 
+@functools.cache
 def _tf_onednn_enabled():
     """Whether TensorFlow runs its oneDNN graph optimisations in this process
-    (a private TensorFlow function; unknown counts as on)."""
+    (a private TensorFlow function; unknown counts as on). Fixed for the
+    process, and asked by every eager depthwise call: kept."""
     try:
         from tensorflow.python.util import _pywrap_util_port
     except ImportError:
