@@ -17,6 +17,7 @@ and ours eager again, against timm's module through
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -183,7 +184,7 @@ def main(argv=None):
             rows += train_rows(key, make_ours, ours, ref, args, fast_call)
     lines = [
         "# torch backend against timm", "",
-        f"Command: `python benchmarks/torch_overhead.py {' '.join(argv or sys.argv[1:])}`", "",
+        f"Command: `python benchmarks/torch_overhead.py {shlex.join(argv or sys.argv[1:])}`", "",
         f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} alternating rounds, "
         "224x224 input for every model; median ms per call, ratio = median of per-round "
         "ratios (min-max), < 1: ours faster.", "",
