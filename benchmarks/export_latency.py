@@ -5,9 +5,11 @@ timed in the same process, alternating (see `time_files`):
 
 * LiteRT (`ai_edge_litert`, XNNPACK, batch 1, 1 and 2 threads): float32 and
   full-integer int8 `.tflite`, ours and keras.applications' (V1-V3), both
-  from the TensorFlow backend with the same weights. timm's would need
-  litert-torch, which cannot be installed beside this environment's torch
-  (it pins typing_extensions 4.12.2), so V4 has no LiteRT reference.
+  from the TensorFlow backend with the same weights; and with
+  `--litert-torch-python`, timm's float32 `.tflite` converted by litert-torch
+  (every version), plain (NCHW input) and with our input contract.
+  litert-torch pins typing_extensions 4.12.2, so it lives in a virtual
+  environment of its own (see `--litert-torch-python`).
 * ONNX (onnxruntime, 1 thread, batch 1 and 32): ours from the TensorFlow
   backend (tf2onnx) against keras.applications' exported the same way (same
   weights), and ours from the torch backend (torch.onnx) against timm's own
@@ -33,6 +35,7 @@ import collections
 import json
 import os
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -109,18 +112,25 @@ def export_tensorflow(keys, workdir):
         np.savez(workdir / f"{key}.tensorflow.npz", x=x, **outputs)
 
 
-def same_input_model(reference, ours):
-    """`reference` (a timm model) behind our model's input handling: NHWC in,
-    then our `rescaling` layer's multiply-add, if ours has one."""
-    import torch
+def rescaling_of(ours):
+    """Our `rescaling` layer's scale and offset (scalars or per-channel
+    vectors, as the layer has them), or (None, None)."""
+    import numpy as np
 
     try:
         rescaling = ours.get_layer("rescaling")
-        # scalars or per-channel vectors; channels-last, so they broadcast
-        scale = torch.as_tensor(rescaling.scale, dtype=torch.float32)
-        offset = torch.as_tensor(rescaling.offset, dtype=torch.float32)
     except ValueError:
-        scale, offset = None, None
+        return None, None
+    return np.array(rescaling.scale, "float32"), np.array(rescaling.offset, "float32")
+
+
+def same_input_model(reference, scale=None, offset=None):
+    """`reference` (a timm model) behind our model's input handling: NHWC in,
+    then our `rescaling` layer's multiply-add (`rescaling_of`), if ours has one."""
+    import torch
+
+    if scale is not None:  # channels-last, so per-channel vectors broadcast
+        scale, offset = torch.tensor(scale), torch.tensor(offset)
 
     class _SameInput(torch.nn.Module):
         def __init__(self):
@@ -161,7 +171,7 @@ def export_torch(keys, workdir):
                 dynamo=False)
         # timm with our input contract: channels-last images in our range, the
         # permute and our Rescaling (V3) inside the graph, as in ours
-        same_input = same_input_model(reference, ours)
+        same_input = same_input_model(reference, *rescaling_of(ours))
         with torch.no_grad():
             expected_same = same_input(torch.from_numpy(x)).numpy()
             torch.onnx.export(
@@ -178,23 +188,59 @@ def export_torch(keys, workdir):
             extra["ours_torch_keras"] = keras.ops.convert_to_numpy(ours_keras(x, training=False))
             ours_keras.export(str(workdir / f"{key}.ours_torch_keras.onnx"), format="onnx",
                               verbose=False)
+        scale, offset = rescaling_of(ours)
+        if scale is not None:  # for the litert-torch phase
+            extra.update(rescale_scale=scale, rescale_offset=offset)
         np.savez(workdir / f"{key}.torch.npz", x=x, timm=expected, ours_torch=got,
                  timm_same_input=expected_same, **extra)
         os.remove(checkpoint)
+
+
+def export_litert_torch(keys, workdir):
+    """timm's float32 `.tflite` through litert-torch, the same weights as its ONNX
+    (the same seed; run after `export_torch`, whose torch outputs `measure`
+    checks the files against)."""
+    import litert_torch
+    import numpy as np
+    import timm
+    import torch
+
+    for key in keys:
+        spec = MODELS[key]
+        saved = np.load(workdir / f"{key}.torch.npz")
+        torch.manual_seed(SEED)
+        reference = timm.create_model(spec["timm"], pretrained=False).eval()
+        same_input = same_input_model(reference, saved.get("rescale_scale"),
+                                      saved.get("rescale_offset"))
+        size = spec["size"]
+        for name, model, shape in (("timm", reference, (1, 3, size, size)),
+                                   ("timm_same_input", same_input, (1, size, size, 3))):
+            log(f"export {key} {name} (litert-torch)")
+            litert_torch.convert(model, (torch.zeros(shape),)).export(
+                str(workdir / f"{key}.{name}.tflite"))
 
 
 # ------------------------------------------------------------------ runtimes
 
 
 def litert_runner(path, threads, batch_shape):
+    import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    transpose = tuple(inp["shape"][1:2]) == (3,)  # timm through litert-torch: NCHW
+    if transpose:
+        batch_shape = (batch_shape[0], batch_shape[3], batch_shape[1], batch_shape[2])
     interpreter.resize_tensor_input(inp["index"], batch_shape)
     interpreter.allocate_tensors()
+    cache = [None, None]  # NHWC -> NCHW once per input array, outside the timed calls
 
     def run(x):
+        if transpose:
+            if cache[0] is not x:
+                cache[:] = [x, np.ascontiguousarray(x.transpose(0, 3, 1, 2))]
+            x = cache[1]
         interpreter.set_tensor(inp["index"], x)
         interpreter.invoke()
         return interpreter.get_tensor(out["index"])
@@ -310,24 +356,29 @@ def measure(keys, workdir, rounds):
         tf_out = np.load(workdir / f"{key}.tensorflow.npz")
         torch_out = np.load(workdir / f"{key}.torch.npz")
         has_keras = spec["keras_app"] is not None
+        expected_litert = dict(tf_out, timm=torch_out["timm"],
+                               timm_same_input=torch_out["timm_same_input"])
         for precision, suffix in (("float32", ".tflite"), ("int8", ".int8.tflite")):
             files = {"keras_tf": workdir / f"{key}.keras_tf{suffix}"} if has_keras else {}
             files["ours_tf"] = workdir / f"{key}.ours_tf{suffix}"
+            if precision == "float32":  # litert-torch's, where it ran
+                files.update(timm=workdir / f"{key}.timm.tflite",
+                             timm_same_input=workdir / f"{key}.timm_same_input.tflite")
             files = {n: p for n, p in files.items() if p.exists()}
             if "ours_tf" not in files:
                 continue
             for threads in (1, 2):
                 x = tf_out["x"]
                 runners = {name: litert_runner(path, threads, x.shape) for name, path in files.items()}
-                diffs = {name: float(np.abs(run(x) - tf_out[name]).max())
+                diffs = {name: float(np.abs(run(x) - expected_litert[name]).max())
                          for name, run in runners.items()}
                 log(f"litert {key} {precision} {threads} thread(s)")
                 per_call = time_files(runners, x, rounds)
                 results.append(dict(
                     runtime="litert", model=key, precision=precision, threads=threads, batch=1,
                     ms={n: statistics.median(v) for n, v in per_call.items()},
-                    ratios={"ours_tf/keras_tf": ratio(per_call, "ours_tf", "keras_tf")}
-                    if "keras_tf" in files else {},
+                    ratios={f"ours_tf/{ref}": ratio(per_call, "ours_tf", ref)
+                            for ref in ("keras_tf", "timm", "timm_same_input") if ref in files},
                     max_abs_diff=diffs,
                     ops={n: tflite_ops(p) for n, p in files.items()} if threads == 1 else {}))
         files = {"keras_tf": workdir / f"{key}.keras_tf.onnx"} if has_keras else {}
@@ -381,13 +432,18 @@ def render(results, command):
              "Median milliseconds per call; ratios are medians of per-round ratios "
              "(min-max across rounds), < 1 means ours is faster.", "",
              "## LiteRT (ai_edge_litert, XNNPACK, batch 1)", "",
-             "| model | precision | threads | keras.apps ms | ours ms | ours / keras.apps |",
-             "|---|---|---:|---:|---:|---:|"]
+             "timm: litert-torch's float32 conversion (`--litert-torch-python`), given its NCHW "
+             "input; timm same input: behind our input contract, as for ONNX below.", "",
+             "| model | precision | threads | keras.apps ms | ours ms | ours / keras.apps | "
+             "timm ms | ours / timm | ours / timm same input |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in (r for r in results if r["runtime"] == "litert"):
+        ms, ra = r["ms"], r["ratios"]
         lines.append(
             f"| {r['model']} | {r['precision']} | {r['threads']} | "
-            f"{r['ms'].get('keras_tf', float('nan')):.2f} | {r['ms']['ours_tf']:.2f} | "
-            f"{fmt_ratio(r['ratios'].get('ours_tf/keras_tf'))} |")
+            f"{ms.get('keras_tf', nan):.2f} | {ms['ours_tf']:.2f} | "
+            f"{fmt_ratio(ra.get('ours_tf/keras_tf'))} | {ms.get('timm', nan):.2f} | "
+            f"{fmt_ratio(ra.get('ours_tf/timm'))} | {fmt_ratio(ra.get('ours_tf/timm_same_input'))} |")
     lines += ["", "## ONNX (onnxruntime, 1 thread)", "",
               "| model | batch | keras.apps (TF) ms | ours (TF) ms | ours (TF) / keras.apps | "
               "timm ms | ours (torch) ms | ours (torch) / timm | ours (TF) / timm |",
@@ -446,7 +502,12 @@ def main(argv=None):
                         help="where the exported files go (reused with --skip-export)")
     parser.add_argument("--skip-export", action="store_true")
     parser.add_argument("--out", help="markdown report (and a .json beside it)")
-    parser.add_argument("--phase", choices=["export-tensorflow", "export-torch"],
+    parser.add_argument("--litert-torch-python", metavar="PYTHON",
+                        help="an interpreter that imports litert-torch, timm and this torch "
+                             "(a venv made with --system-site-packages and `pip install "
+                             "litert-torch`): converts timm's models to .tflite as well")
+    parser.add_argument("--phase", choices=["export-tensorflow", "export-torch",
+                                            "export-litert-torch"],
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     keys = args.models.split(",")
@@ -459,14 +520,19 @@ def main(argv=None):
         return export_tensorflow(keys, workdir)
     if args.phase == "export-torch":
         return export_torch(keys, workdir)
+    if args.phase == "export-litert-torch":
+        return export_litert_torch(keys, workdir)
     if not args.skip_export:
         for backend in ("tensorflow", "torch"):
             env = dict(os.environ, KERAS_BACKEND=backend)
             subprocess.run([sys.executable, __file__, "--phase", f"export-{backend}",
                             "--models", args.models, "--workdir", str(workdir)],
                            env=env, check=True)
+        if args.litert_torch_python:
+            subprocess.run([args.litert_torch_python, __file__, "--phase", "export-litert-torch",
+                            "--models", args.models, "--workdir", str(workdir)], check=True)
     results = measure(keys, workdir, args.rounds)
-    command = "python benchmarks/export_latency.py " + " ".join(argv or sys.argv[1:])
+    command = "python benchmarks/export_latency.py " + shlex.join(argv or sys.argv[1:])
     text = render(results, command.strip())
     print(text)
     if args.out:
