@@ -197,13 +197,29 @@ def export_torch(keys, workdir):
 
 
 def export_litert_torch(keys, workdir):
-    """timm's float32 `.tflite` through litert-torch, the same weights as its ONNX
-    (the same seed; run after `export_torch`, whose torch outputs `measure`
-    checks the files against)."""
+    """timm's `.tflite` through litert-torch, the same weights as its ONNX (the
+    same seed; run after `export_torch`, whose torch outputs `measure` checks
+    the float files against): float32, and int8 by litert-torch's PT2E route
+    (per-channel symmetric weights, static activations calibrated on the same
+    8 images as ours' representative dataset)."""
     import litert_torch
     import numpy as np
     import timm
     import torch
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval, quantize_pt2e
+
+    def int8(model, example, calibration):
+        graph = torch.export.export(model, example).module()
+        quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+        graph = move_exported_model_to_eval(quantize_pt2e.prepare_pt2e(graph, quantizer))
+        for image in calibration:
+            graph(image[None])
+        graph = quantize_pt2e.convert_pt2e(graph, fold_quantize=False)
+        return litert_torch.convert(graph, example,
+                                    quant_config=QuantConfig(pt2e_quantizer=quantizer))
 
     for key in keys:
         spec = MODELS[key]
@@ -216,8 +232,13 @@ def export_litert_torch(keys, workdir):
         for name, model, shape in (("timm", reference, (1, 3, size, size)),
                                    ("timm_same_input", same_input, (1, size, size, 3))):
             log(f"export {key} {name} (litert-torch)")
-            litert_torch.convert(model, (torch.zeros(shape),)).export(
-                str(workdir / f"{key}.{name}.tflite"))
+            example = (torch.zeros(shape),)
+            litert_torch.convert(model, example).export(str(workdir / f"{key}.{name}.tflite"))
+            calibration = images(spec, 8, 2)  # ours' representative dataset
+            if shape[1] == 3:
+                calibration = calibration.transpose(0, 3, 1, 2)
+            int8(model, example, torch.from_numpy(np.ascontiguousarray(calibration))).export(
+                str(workdir / f"{key}.{name}.int8.tflite"))
 
 
 # ------------------------------------------------------------------ runtimes
@@ -361,9 +382,9 @@ def measure(keys, workdir, rounds):
         for precision, suffix in (("float32", ".tflite"), ("int8", ".int8.tflite")):
             files = {"keras_tf": workdir / f"{key}.keras_tf{suffix}"} if has_keras else {}
             files["ours_tf"] = workdir / f"{key}.ours_tf{suffix}"
-            if precision == "float32":  # litert-torch's, where it ran
-                files.update(timm=workdir / f"{key}.timm.tflite",
-                             timm_same_input=workdir / f"{key}.timm_same_input.tflite")
+            # litert-torch's, where it ran
+            files.update(timm=workdir / f"{key}.timm{suffix}",
+                         timm_same_input=workdir / f"{key}.timm_same_input{suffix}")
             files = {n: p for n, p in files.items() if p.exists()}
             if "ours_tf" not in files:
                 continue
@@ -432,8 +453,9 @@ def render(results, command):
              "Median milliseconds per call; ratios are medians of per-round ratios "
              "(min-max across rounds), < 1 means ours is faster.", "",
              "## LiteRT (ai_edge_litert, XNNPACK, batch 1)", "",
-             "timm: litert-torch's float32 conversion (`--litert-torch-python`), given its NCHW "
-             "input; timm same input: behind our input contract, as for ONNX below.", "",
+             "timm: litert-torch's conversion (`--litert-torch-python`; int8 through its PT2E "
+             "quantizer), given its NCHW input; timm same input: behind our input contract, as "
+             "for ONNX below.", "",
              "| model | precision | threads | keras.apps ms | ours ms | ours / keras.apps | "
              "timm ms | ours / timm | ours / timm same input |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
