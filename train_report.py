@@ -42,10 +42,11 @@ def export_model(model, fmt, path, representative):
 
         if fmt == "litert":
             settings = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
-        else:  # int8 inside; float32 input and output
+        else:  # int8 inside, but HARD_SWISH in float for XNNPACK; float32 input and output
             settings = {"optimizations": [tf.lite.Optimize.DEFAULT],
                         "representative_dataset": lambda: ([r[None]] for r in representative),
-                        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
+                        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                          tf.lite.OpsSet.TFLITE_BUILTINS]}}
         export_litert(model, path, verbose=False, **settings)
     else:
         model(representative[:1])  # jax2onnx needs a model that was called

@@ -419,6 +419,47 @@ if BACKEND == "tensorflow":
         assert ratio >= INT8_MIN_SIZE_RATIO
         assert agreement >= INT8_MIN_TOP1
 
+    def xnnpack_partitions(path):
+        """DELEGATE nodes once LiteRT's default (XNNPACK) delegate took its part."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=path)
+        interpreter.allocate_tensors()
+        return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+    def hard_swish_dtypes(path):
+        _, interpreter = assert_builtin_only(path)
+        tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+        return {tensors[op["inputs"][0]]["dtype"] for op in interpreter._get_ops_details()
+                if op["op_name"] == "HARD_SWISH"}
+
+    def test_int8_litert_keeps_hard_swish_float_for_xnnpack(tmp_path):
+        """XNNPACK runs HARD_SWISH in float only: int8 conversions that may keep
+        float builtins leave it float (the whole graph one delegated part);
+        integer-only settings still quantize it."""
+        import tensorflow as tf
+
+        model, _, _ = prepared("v3_small")
+        calibration = images(16, 2, 255.0)
+        paths = {}
+        for name, ops in (("mixed", [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                     tf.lite.OpsSet.TFLITE_BUILTINS]),
+                          ("integer", [tf.lite.OpsSet.TFLITE_BUILTINS_INT8])):
+            paths[name] = str(tmp_path / f"{name}.tflite")
+            model.export(paths[name], format="litert", verbose=False,
+                         optimizations=[tf.lite.Optimize.DEFAULT],
+                         representative_dataset=lambda: ([c[None]] for c in calibration),
+                         target_spec={"supported_ops": ops})
+        assert hard_swish_dtypes(paths["mixed"]) == {np.float32}
+        assert hard_swish_dtypes(paths["integer"]) == {np.int8}
+        assert_int8_builtin_ops(paths["mixed"])  # convolutions still int8
+        # integer-only: cut at each of V3 small's int8 HARD_SWISH ops (21 parts at 224x224)
+        assert xnnpack_partitions(paths["mixed"]) <= 2 < xnnpack_partitions(paths["integer"])
+        x = images(INT8_EVAL_IMAGES, 3, 255.0)
+        expected = to_numpy(model.predict(x, batch_size=16, verbose=0)).argmax(-1)
+        for path in paths.values():
+            assert np.mean(run_litert(path, x).argmax(-1) == expected) >= INT8_MIN_TOP1
+
     # On a trained model (the example dataset, sklearn digits) the int8 model
     # must keep the float model's decisions: 1.000 (V3 small) and 0.997
     # (V4 conv_small) after 5 epochs in the dev run; after 2 epochs (V3 small,
@@ -438,8 +479,10 @@ if BACKEND == "tensorflow":
         assert result["int8_accuracy"] >= DIGITS_MIN_ACCURACY
         assert result["top1_agreement"] >= DIGITS_MIN_TOP1
         assert result["float_bytes"] / result["int8_bytes"] >= DIGITS_MIN_SIZE_RATIO
-        resolved = assert_int8_builtin_ops(str(tmp_path / f"digits_{name}.int8.tflite"))
+        path = str(tmp_path / f"digits_{name}.int8.tflite")
+        resolved = assert_int8_builtin_ops(path)
         assert "HARD_SWISH" in resolved
+        assert hard_swish_dtypes(path) == {np.float32}  # litert_int8: float for XNNPACK
 
 
 # --- 3. .keras across backends ------------------------------------------------
