@@ -255,16 +255,31 @@ def litert_runner(path, threads, batch_shape):
         batch_shape = (batch_shape[0], batch_shape[3], batch_shape[1], batch_shape[2])
     interpreter.resize_tensor_input(inp["index"], batch_shape)
     interpreter.allocate_tensors()
-    cache = [None, None]  # NHWC -> NCHW once per input array, outside the timed calls
+    # litert-torch's int8 graphs may take and give int8 tensors: the input is
+    # quantized, and the output dequantized, outside the timed calls
+    integer_in = np.issubdtype(inp["dtype"], np.integer)
+    integer_out = np.issubdtype(out["dtype"], np.integer)
+    cache = [None, None]  # the prepared input, once per input array
+
+    def prepare(x):
+        if transpose:
+            x = x.transpose(0, 3, 1, 2)
+        if integer_in:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
+        return np.ascontiguousarray(x)
 
     def run(x):
-        if transpose:
-            if cache[0] is not x:
-                cache[:] = [x, np.ascontiguousarray(x.transpose(0, 3, 1, 2))]
-            x = cache[1]
-        interpreter.set_tensor(inp["index"], x)
+        if cache[0] is not x:
+            cache[:] = [x, prepare(x)]
+        interpreter.set_tensor(inp["index"], cache[1])
         interpreter.invoke()
-        return interpreter.get_tensor(out["index"])
+        y = interpreter.get_tensor(out["index"])
+        if integer_out:
+            scale, zero = out["quantization"]
+            y = (y.astype("float32") - zero) * scale
+        return y
 
     return run
 

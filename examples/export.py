@@ -8,8 +8,9 @@ Examples:
 
 Formats (what Keras 3.15 supports from each backend):
     litert          TensorFlow: `model.export(path, format="litert")`, builtin ops only
-    litert_int8     TensorFlow: full-integer post-training quantisation with
-                    tf.lite.TFLiteConverter from the Keras SavedModel
+    litert_int8     TensorFlow: int8 post-training quantisation with
+                    tf.lite.TFLiteConverter, HARD_SWISH kept float for XNNPACK
+                    (docs/deployment.md, "int8 LiteRT")
     tf_saved_model  TensorFlow, JAX (through jax2tf)
     onnx            TensorFlow (needs tf2onnx), JAX (needs jax2onnx), torch
 
