@@ -50,7 +50,8 @@ def frozen_litert_bytes(model, input_signature, kwargs):
             (`target_spec={"supported_ops": ...}`, `optimizations`,
             `representative_dataset`, `inference_input_type`...), and
             `float_ops`: LiteRT op names an int8 conversion leaves in float
-            (default: `_default_float_ops`; `()` quantizes every op).
+            (default: HARD_SWISH where allowed, see `_int8_settings`; `()`
+            quantizes every op).
     """
     import tensorflow as tf
     from keras.src.export.litert import LiteRTExporter
@@ -88,8 +89,17 @@ def frozen_litert_bytes(model, input_signature, kwargs):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
                                                tf.lite.OpsSet.SELECT_TF_OPS]
         LiteRTExporter(model, input_signature, **kwargs)._apply_converter_kwargs(converter)
+        quantizing, float_io, allows_float = _int8_settings(converter)
         if float_ops is None:
-            float_ops = _default_float_ops(converter)
+            float_ops = ("HARD_SWISH",) if quantizing and float_io and allows_float else ()
+        elif float_ops and not (quantizing and float_io and allows_float):
+            raise ValueError(
+                f"float_ops={list(float_ops)} leaves ops in float in an int8 conversion with "
+                "float32 input and output: it needs `optimizations` and a "
+                "`representative_dataset`, `TFLITE_BUILTINS` among `target_spec.supported_ops` "
+                "and no int8 `inference_input_type` / `inference_output_type` (got: quantizing "
+                f"{quantizing}, float input and output {float_io}, float builtins "
+                f"{allows_float}). Pass float_ops=() for a fully int8 file.")
         if not float_ops:
             return converter.convert()
         # Selective quantization through TensorFlow's quantization debugger
@@ -102,15 +112,16 @@ def frozen_litert_bytes(model, input_signature, kwargs):
         return debugger.get_nondebug_quantized_model()
 
 
-def _default_float_ops(converter):
-    """`("HARD_SWISH",)` for an int8 conversion that may keep float ops,
-    float32 in and out; else `()`.
+def _int8_settings(converter):
+    """(quantizing, float32 input and output, float builtins allowed).
 
+    By default an int8 conversion that may keep float builtins, float32 in and
+    out, leaves HARD_SWISH in float (`float_ops=("HARD_SWISH",)`).
     XNNPACK, LiteRT's CPU delegate, runs HARD_SWISH in float only: an int8
     one runs in LiteRT's own kernel and cuts the delegated graph at each of
-    them (V3 small: 21 partitions, the int8 file 3.2 ms against 1.0 ms in
-    float32). Kept float between a DEQUANTIZE and a QUANTIZE, the whole graph
-    is delegated (0.56 ms). Integer-only targets (`supported_ops` of
+    them (V3 small: 21 delegated parts, slower than the float32 file; timings
+    in docs/deployment.md). Kept float between a DEQUANTIZE and a QUANTIZE,
+    the whole graph is delegated. Integer-only targets (`supported_ops` of
     `TFLITE_BUILTINS_INT8` alone, for NPUs) and int8 inputs or outputs keep
     the converter's full-integer quantization."""
     import tensorflow as tf
@@ -119,7 +130,7 @@ def _default_float_ops(converter):
                                                       converter.inference_output_type))
     quantizing = bool(converter.optimizations) and converter.representative_dataset is not None
     allows_float = tf.lite.OpsSet.TFLITE_BUILTINS in set(converter.target_spec.supported_ops)
-    return ("HARD_SWISH",) if quantizing and float_io and allows_float else ()
+    return quantizing, float_io, allows_float
 
 
 def export_litert(model, filepath, input_signature=None, verbose=None, **kwargs):

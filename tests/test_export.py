@@ -459,6 +459,14 @@ if BACKEND == "tensorflow":
         expected = to_numpy(model.predict(x, batch_size=16, verbose=0)).argmax(-1)
         for path in paths.values():
             assert np.mean(run_litert(path, x).argmax(-1) == expected) >= INT8_MIN_TOP1
+        # float ops asked for where the file must be integer-only: a clear error, no file
+        bad = tmp_path / "bad.tflite"
+        with pytest.raises(ValueError, match=r"float_ops=\['HARD_SWISH'\].*float builtins False"):
+            model.export(str(bad), format="litert", verbose=False, float_ops=("HARD_SWISH",),
+                         optimizations=[tf.lite.Optimize.DEFAULT],
+                         representative_dataset=lambda: ([c[None]] for c in calibration),
+                         target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]})
+        assert not bad.exists()
 
     # On a trained model (the example dataset, sklearn digits) the int8 model
     # must keep the float model's decisions: 1.000 (V3 small) and 0.997
