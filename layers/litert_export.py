@@ -89,17 +89,18 @@ def frozen_litert_bytes(model, input_signature, kwargs):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
                                                tf.lite.OpsSet.SELECT_TF_OPS]
         LiteRTExporter(model, input_signature, **kwargs)._apply_converter_kwargs(converter)
-        quantizing, float_io, allows_float = _int8_settings(converter)
+        quantizing, io_type, allows_float = _int8_settings(converter)
+        eligible = quantizing and allows_float and io_type is not None
         if float_ops is None:
-            float_ops = ("HARD_SWISH",) if quantizing and float_io and allows_float else ()
-        elif float_ops and not (quantizing and float_io and allows_float):
+            float_ops = ("HARD_SWISH",) if eligible else ()
+        elif float_ops and not eligible:
             raise ValueError(
-                f"float_ops={list(float_ops)} leaves ops in float in an int8 conversion with "
-                "float32 input and output: it needs `optimizations` and a "
-                "`representative_dataset`, `TFLITE_BUILTINS` among `target_spec.supported_ops` "
-                "and no int8 `inference_input_type` / `inference_output_type` (got: quantizing "
-                f"{quantizing}, float input and output {float_io}, float builtins "
-                f"{allows_float}). Pass float_ops=() for a fully int8 file.")
+                f"float_ops={list(float_ops)} leaves ops in float in an int8 conversion: it "
+                "needs `optimizations` and a `representative_dataset`, `TFLITE_BUILTINS` among "
+                "`target_spec.supported_ops`, and `inference_input_type` and "
+                "`inference_output_type` both float32 or both int8 (got: quantizing "
+                f"{quantizing}, float builtins {allows_float}, input and output "
+                f"{io_type or 'mixed or other'}). Pass float_ops=() for a fully int8 file.")
         if not float_ops:
             return converter.convert()
         # Selective quantization through TensorFlow's quantization debugger
@@ -108,29 +109,33 @@ def frozen_litert_bytes(model, input_signature, kwargs):
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=converter.representative_dataset,
             debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                denylisted_ops=list(float_ops)))
+                denylisted_ops=list(float_ops), fully_quantize=io_type == "int8"))
         return debugger.get_nondebug_quantized_model()
 
 
 def _int8_settings(converter):
-    """(quantizing, float32 input and output, float builtins allowed).
+    """(quantizing, "float32" / "int8" for input and output alike or None,
+    float builtins allowed).
 
-    By default an int8 conversion that may keep float builtins, float32 in and
-    out, leaves HARD_SWISH in float (`float_ops=("HARD_SWISH",)`).
+    By default an int8 conversion that may keep float builtins, with float32
+    or int8 input and output, leaves HARD_SWISH in float
+    (`float_ops=("HARD_SWISH",)`).
     XNNPACK, LiteRT's CPU delegate, runs HARD_SWISH in float only: an int8
     one runs in LiteRT's own kernel and cuts the delegated graph at each of
     them (V3 small: 21 delegated parts, slower than the float32 file; timings
     in docs/deployment.md). Kept float between a DEQUANTIZE and a QUANTIZE,
     the whole graph is delegated. Integer-only targets (`supported_ops` of
-    `TFLITE_BUILTINS_INT8` alone, for NPUs) and int8 inputs or outputs keep
-    the converter's full-integer quantization."""
+    `TFLITE_BUILTINS_INT8` alone, for NPUs) keep the converter's full-integer
+    quantization."""
     import tensorflow as tf
 
-    float_io = all(t in (None, tf.float32) for t in (converter.inference_input_type,
-                                                      converter.inference_output_type))
+    types = {t or tf.float32 for t in (converter.inference_input_type,
+                                       converter.inference_output_type)}
+    io_type = {frozenset([tf.float32]): "float32", frozenset([tf.int8]): "int8"}.get(
+        frozenset(types))
     quantizing = bool(converter.optimizations) and converter.representative_dataset is not None
     allows_float = tf.lite.OpsSet.TFLITE_BUILTINS in set(converter.target_spec.supported_ops)
-    return quantizing, float_io, allows_float
+    return quantizing, io_type, allows_float
 
 
 def export_litert(model, filepath, input_signature=None, verbose=None, **kwargs):

@@ -450,6 +450,19 @@ if BACKEND == "tensorflow":
                          optimizations=[tf.lite.Optimize.DEFAULT],
                          representative_dataset=lambda: ([c[None]] for c in calibration),
                          target_spec={"supported_ops": ops})
+        # int8 input and output too (docs/deployment.md's full-integer call, float builtins allowed)
+        int8_io = str(tmp_path / "int8_io.tflite")
+        model.export(int8_io, format="litert", verbose=False,
+                     optimizations=[tf.lite.Optimize.DEFAULT],
+                     representative_dataset=lambda: ([c[None]] for c in calibration),
+                     target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                    tf.lite.OpsSet.TFLITE_BUILTINS]},
+                     inference_input_type=tf.int8, inference_output_type=tf.int8)
+        _, io_interpreter = assert_builtin_only(int8_io)
+        assert io_interpreter.get_input_details()[0]["dtype"] == np.int8
+        assert io_interpreter.get_output_details()[0]["dtype"] == np.int8
+        assert hard_swish_dtypes(int8_io) == {np.float32}
+        assert xnnpack_partitions(int8_io) <= 2
         assert hard_swish_dtypes(paths["mixed"]) == {np.float32}
         assert hard_swish_dtypes(paths["integer"]) == {np.int8}
         assert_int8_builtin_ops(paths["mixed"])  # convolutions still int8
