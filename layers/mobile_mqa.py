@@ -85,13 +85,13 @@ class MobileMQA(ResidualBlock):
     def call(self, x, training=None):
         shortcut = x
         x = self.norm(x, training=training)
-        batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+        height, width = x.shape[1], x.shape[2]
 
-        q = ops.reshape(self.query(x), (batch, -1, self.key_dim))
+        q = _rows(self.query(x), self.key_dim)
         kv_in = x if self.key_down is None else self.key_down(x, training=training)
-        k = ops.reshape(self.key(kv_in), (batch, -1, self.key_dim))
+        k = _rows(self.key(kv_in), self.key_dim)
         kv_in = x if self.value_down is None else self.value_down(x, training=training)
-        v = ops.reshape(self.value(kv_in), (batch, -1, self.value_dim))
+        v = _rows(self.value(kv_in), self.value_dim)
 
         scale = float(self.key_dim) ** -0.5
         if _fused_attention(q, v):
@@ -106,7 +106,12 @@ class MobileMQA(ResidualBlock):
             logits = ops.matmul(q32, ops.transpose(ops.cast(k, "float32"), (0, 2, 1)))
             attn = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
             o = ops.matmul(attn, v)
-        o = ops.reshape(o, (batch, height, width, self.num_heads * self.value_dim))
+        channels = self.num_heads * self.value_dim
+        if height is None or width is None:
+            shape = ops.shape(x)
+            o = ops.reshape(o, (shape[0], shape[1], shape[2], channels))
+        else:
+            o = ops.reshape(o, (-1, height, width, channels))
         x = self.output_proj(o)
         return self.finish(x, shortcut, training)
 
@@ -131,3 +136,14 @@ def _fused_attention(q, v):
     precision, whose logits this layer computes in float32)."""
     return (_TORCH and isinstance(q, torch.Tensor) and torch.is_grad_enabled()
             and q.dtype == v.dtype == torch.float32 and not torch.compiler.is_compiling())
+
+
+def _rows(t, depth):
+    """`t` (batch, height, width, n * depth) as (batch, rows, depth). With
+    static sizes the target shape is a constant (-1 for the batch): traced
+    and exported graphs then need no Shape / StridedSlice / Pack to compute
+    it, which LiteRT's XNNPACK delegate cannot run (each cut its graph)."""
+    if all(d is not None for d in t.shape[1:]):
+        rows = t.shape[1] * t.shape[2] * t.shape[3] // depth
+        return ops.reshape(t, (-1, rows, depth))
+    return ops.reshape(t, (ops.shape(t)[0], -1, depth))
