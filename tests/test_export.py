@@ -220,6 +220,8 @@ if "litert" in EXPORT_FORMATS:
             assert mul == add == [()], (mul, add)
         if name == "v4_hybrid_medium":
             assert {"BATCH_MATMUL", "SOFTMAX"} <= set(resolved)  # Mobile MQA
+            # constant reshape targets: XNNPACK runs no SHAPE / PACK, which cut its graph
+            assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(resolved), resolved
 
     def test_litert_file_has_keras_signature_and_bad_settings_write_nothing(artifacts, tmp_path):
         # `model.export` writes LiteRT from the frozen forward
