@@ -55,12 +55,12 @@ def frozen_litert_bytes(model, input_signature, kwargs):
     """
     import tensorflow as tf
     from keras.src.export.litert import LiteRTExporter
-
-    kwargs = dict(kwargs)
-    float_ops = kwargs.pop("float_ops", None)
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
+
+    kwargs = dict(kwargs)
+    float_ops = kwargs.pop("float_ops", None)  # ours, not a converter setting
 
     def forward(*inputs):
         return model(*inputs, training=False)
