@@ -17,6 +17,11 @@ import logging
 import os
 import tempfile
 
+# Ops that LiteRT's XNNPACK delegate runs in float only (its TFLite visitors
+# check for float tensors): left int8, each runs in LiteRT's own kernel and
+# cuts the delegated graph (`_int8_settings`).
+XNNPACK_FLOAT_OPS = ("HARD_SWISH", "BATCH_MATMUL", "SOFTMAX")
+
 
 class _NoGradientWarning(logging.Filter):
     """Drops the loader's warning that the constant graph's custom-gradient
@@ -50,7 +55,7 @@ def frozen_litert_bytes(model, input_signature, kwargs):
             (`target_spec={"supported_ops": ...}`, `optimizations`,
             `representative_dataset`, `inference_input_type`...), and
             `float_ops`: LiteRT op names an int8 conversion leaves in float
-            (default: HARD_SWISH where allowed, see `_int8_settings`; `()`
+            (default: `XNNPACK_FLOAT_OPS` where allowed, see `_int8_settings`; `()`
             quantizes every op).
     """
     import tensorflow as tf
@@ -92,7 +97,7 @@ def frozen_litert_bytes(model, input_signature, kwargs):
         quantizing, io_type, allows_float = _int8_settings(converter)
         eligible = quantizing and allows_float and io_type is not None
         if float_ops is None:
-            float_ops = ("HARD_SWISH",) if eligible else ()
+            float_ops = XNNPACK_FLOAT_OPS if eligible else ()
         elif float_ops and not eligible:
             raise ValueError(
                 f"float_ops={list(float_ops)} leaves ops in float in an int8 conversion: it "
@@ -118,13 +123,13 @@ def _int8_settings(converter):
     float builtins allowed).
 
     By default an int8 conversion that may keep float builtins, with float32
-    or int8 input and output, leaves HARD_SWISH in float
-    (`float_ops=("HARD_SWISH",)`).
-    XNNPACK, LiteRT's CPU delegate, runs HARD_SWISH in float only: an int8
-    one runs in LiteRT's own kernel and cuts the delegated graph at each of
-    them (V3 small: 21 delegated parts, slower than the float32 file; timings
-    in docs/deployment.md). Kept float between a DEQUANTIZE and a QUANTIZE,
-    the whole graph is delegated. Integer-only targets (`supported_ops` of
+    or int8 input and output, leaves `XNNPACK_FLOAT_OPS` in float. XNNPACK,
+    LiteRT's CPU delegate, runs them in float only: an int8 one runs in
+    LiteRT's own kernel and cuts the delegated graph at each of them (V3
+    small's HARD_SWISH: 21 delegated parts, slower than the float32 file; V4
+    hybrids' attention matmuls and softmax: 10; timings in
+    docs/deployment.md). Kept float between a DEQUANTIZE and a QUANTIZE, the
+    whole graph is delegated. Integer-only targets (`supported_ops` of
     `TFLITE_BUILTINS_INT8` alone, for NPUs) keep the converter's full-integer
     quantization."""
     import tensorflow as tf
