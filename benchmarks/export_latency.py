@@ -6,8 +6,9 @@ timed in the same process, alternating (see `time_files`):
 * LiteRT (`ai_edge_litert`, XNNPACK, batch 1, 1 and 2 threads): float32 and
   full-integer int8 `.tflite`, ours and keras.applications' (V1-V3), both
   from the TensorFlow backend with the same weights; and with
-  `--litert-torch-python`, timm's float32 `.tflite` converted by litert-torch
-  (every version), plain (NCHW input) and with our input contract.
+  `--litert-torch-python`, timm's `.tflite` converted by litert-torch (every
+  version; float32, and int8 through its PT2E quantizer), plain (NCHW input)
+  and with our input contract.
   litert-torch pins typing_extensions 4.12.2, so it lives in a virtual
   environment of its own (see `--litert-torch-python`).
 * ONNX (onnxruntime, 1 thread, batch 1 and 32): ours from the TensorFlow
