@@ -172,7 +172,8 @@ def export_torch(keys, workdir):
                 dynamo=False)
         # timm with our input contract: channels-last images in our range, the
         # permute and our Rescaling (V3) inside the graph, as in ours
-        same_input = same_input_model(reference, *rescaling_of(ours))
+        scale, offset = rescaling_of(ours)
+        same_input = same_input_model(reference, scale, offset)
         with torch.no_grad():
             expected_same = same_input(torch.from_numpy(x)).numpy()
             torch.onnx.export(
@@ -189,7 +190,6 @@ def export_torch(keys, workdir):
             extra["ours_torch_keras"] = keras.ops.convert_to_numpy(ours_keras(x, training=False))
             ours_keras.export(str(workdir / f"{key}.ours_torch_keras.onnx"), format="onnx",
                               verbose=False)
-        scale, offset = rescaling_of(ours)
         if scale is not None:  # for the litert-torch phase
             extra.update(rescale_scale=scale, rescale_offset=offset)
         np.savez(workdir / f"{key}.torch.npz", x=x, timm=expected, ours_torch=got,
@@ -230,19 +230,36 @@ def export_litert_torch(keys, workdir):
         same_input = same_input_model(reference, saved.get("rescale_scale"),
                                       saved.get("rescale_offset"))
         size = spec["size"]
-        for name, model, shape in (("timm", reference, (1, 3, size, size)),
-                                   ("timm_same_input", same_input, (1, size, size, 3))):
+        calibration = images(spec, 8, 2)  # ours' representative dataset
+        for name, model, nchw in (("timm", reference, True),
+                                  ("timm_same_input", same_input, False)):
             log(f"export {key} {name} (litert-torch)")
-            example = (torch.zeros(shape),)
+            example = (torch.zeros((1, 3, size, size) if nchw else (1, size, size, 3)),)
             litert_torch.convert(model, example).export(str(workdir / f"{key}.{name}.tflite"))
-            calibration = images(spec, 8, 2)  # ours' representative dataset
-            if shape[1] == 3:
-                calibration = calibration.transpose(0, 3, 1, 2)
-            int8(model, example, torch.from_numpy(np.ascontiguousarray(calibration))).export(
-                str(workdir / f"{key}.{name}.int8.tflite"))
+            images_in = torch.from_numpy(to_nchw(calibration) if nchw else calibration)
+            int8(model, example, images_in).export(str(workdir / f"{key}.{name}.int8.tflite"))
 
 
 # ------------------------------------------------------------------ runtimes
+
+
+def to_nchw(x):
+    import numpy as np
+
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def once_per_array(prepare):
+    """`prepare(x)`, computed once per input array (by identity), so that
+    input conversions stay outside the timed calls."""
+    cache = [None, None]
+
+    def get(x):
+        if cache[0] is not x:
+            cache[:] = [x, prepare(x)]
+        return cache[1]
+
+    return get
 
 
 def litert_runner(path, threads, batch_shape):
@@ -260,21 +277,19 @@ def litert_runner(path, threads, batch_shape):
     # quantized, and the output dequantized, outside the timed calls
     integer_in = np.issubdtype(inp["dtype"], np.integer)
     integer_out = np.issubdtype(out["dtype"], np.integer)
-    cache = [None, None]  # the prepared input, once per input array
 
+    @once_per_array
     def prepare(x):
         if transpose:
-            x = x.transpose(0, 3, 1, 2)
+            x = to_nchw(x)
         if integer_in:
             scale, zero = inp["quantization"]
             info = np.iinfo(inp["dtype"])
             x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
-        return np.ascontiguousarray(x)
+        return x
 
     def run(x):
-        if cache[0] is not x:
-            cache[:] = [x, prepare(x)]
-        interpreter.set_tensor(inp["index"], cache[1])
+        interpreter.set_tensor(inp["index"], prepare(x))
         interpreter.invoke()
         y = interpreter.get_tensor(out["index"])
         if integer_out:
@@ -286,7 +301,6 @@ def litert_runner(path, threads, batch_shape):
 
 
 def onnx_runner(path, threads, batch_shape, optimized_path=None):
-    import numpy as np
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -297,13 +311,10 @@ def onnx_runner(path, threads, batch_shape, optimized_path=None):
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     transpose = tuple(session.get_inputs()[0].shape[1:2]) == (3,)  # timm: NCHW
-
-    cache = [None, None]  # NHWC -> NCHW once per input array, outside the timed calls
+    prepare = once_per_array(to_nchw) if transpose else (lambda x: x)
 
     def run(x):
-        if transpose and cache[0] is not x:
-            cache[:] = [x, np.ascontiguousarray(x.transpose(0, 3, 1, 2))]
-        return session.run(None, {name: cache[1] if transpose else x})[0]
+        return session.run(None, {name: prepare(x)})[0]
 
     return run
 

@@ -136,8 +136,7 @@ def _int8_settings(converter):
 
     types = {t or tf.float32 for t in (converter.inference_input_type,
                                        converter.inference_output_type)}
-    io_type = {frozenset([tf.float32]): "float32", frozenset([tf.int8]): "int8"}.get(
-        frozenset(types))
+    io_type = {tf.float32: "float32", tf.int8: "int8"}.get(types.pop()) if len(types) == 1 else None
     quantizing = bool(converter.optimizations) and converter.representative_dataset is not None
     allows_float = tf.lite.OpsSet.TFLITE_BUILTINS in set(converter.target_spec.supported_ops)
     return quantizing, io_type, allows_float
