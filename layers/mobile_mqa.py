@@ -6,7 +6,7 @@ from keras import ops
 from .conv import Conv
 from .normalization import get_norm
 from .residual import ResidualBlock
-from .utils import declare
+from .utils import declare, stored_as_nhwc
 
 _TORCH = keras.backend.backend() == "torch"
 if _TORCH:
@@ -84,7 +84,7 @@ class MobileMQA(ResidualBlock):
 
     def call(self, x, training=None):
         shortcut = x
-        x = self.norm(x, training=training)
+        x = stored_as_nhwc(self.norm(x, training=training))  # read by q, k and v
         height, width = x.shape[1], x.shape[2]
 
         q = _rows(self.query(x), self.key_dim)

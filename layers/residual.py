@@ -8,7 +8,7 @@ from .layer_scale import LayerScale
 from .normalization import check_norm
 from .squeeze_excite import SqueezeExcite
 from .stochastic_depth import StochasticDepth
-from .utils import check_padding, declare, make_divisible
+from .utils import check_padding, declare, make_divisible, stored_as_nhwc
 
 
 class ResidualBlock(FastCall, keras.layers.Layer):
@@ -175,7 +175,7 @@ class ResidualBlock(FastCall, keras.layers.Layer):
             if self.drop_path is not None:
                 x = self.drop_path(x, training=training)
             x = x + shortcut
-        return x
+        return stored_as_nhwc(x)  # read by the next block and its residual sum
 
     def get_config(self):
         config = super().get_config()

@@ -164,6 +164,32 @@ def _tf_onednn_enabled():
     return bool(getattr(_pywrap_util_port, "IsMklEnabled", lambda: True)())
 
 
+def stored_as_nhwc(x):
+    """`x` (a channels-last feature map that several layers read), stored by
+    torch.compile's Inductor in channels-last memory; unchanged elsewhere.
+
+    Inductor's layout optimisation (on CPU always, for graphs with
+    convolutions) stores a tensor read more than once with the
+    channels-last strides of an NCHW tensor of its shape: ours are NHWC in
+    shape, so it wrote a block's output (read by the next block and the
+    residual sum) with the height innermost, through 16x16 transposes, and
+    copied it back to channels-last memory for each convolution reading it
+    (three copies of an attention block's normalised input, one per
+    projection; docs/torch_backend.md). Fixing the strides to the
+    contiguous NHWC ones keeps the memory the convolutions read and write.
+    Inference only (the op has no gradient); exported graphs are left as
+    they are.
+    """
+    if (keras.backend.backend() != "torch" or not isinstance(x, torch.Tensor) or x.ndim != 4
+            or not torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or (torch.is_grad_enabled() and x.requires_grad)):  # the op has no gradient
+        return x
+    from torch._inductor import inductor_prims  # noqa: F401 (registers the op)
+
+    n, h, w, c = x.shape
+    return torch.ops.prims.inductor_force_stride_order(x, (h * w * c, w * c, c, 1))
+
+
 def same_pads(size, kernel, stride, dilation=1):
     """TensorFlow SAME padding of one spatial axis as `(before, after)`: the
     odd pixel goes after. `size` may be a tensor (a size unknown when traced)."""

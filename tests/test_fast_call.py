@@ -574,3 +574,47 @@ def test_compiled_inference_keeps_feature_maps_channels_last():
     height_innermost = [(size, stride) for size, stride in shapes
                         if len(size) == 4 and size[3] == 16 and stride[1] == 1]
     assert not height_innermost, height_innermost
+
+
+def test_compiled_inference_stores_block_outputs_channels_last():
+    """A block's output is read by the next block and by its residual sum,
+    an attention block's normalised input by its three projections: Inductor
+    stored such tensors with the height innermost (the channels-last strides
+    of an NCHW tensor of their NHWC shape) and copied them back for each
+    convolution. `layers.utils.stored_as_nhwc` fixes their strides. Checks
+    every 4-D buffer of the generated code, and the output."""
+    import re
+
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    from keras_mobilenets.layers import MobileMQA, UniversalInvertedBottleneck
+
+    x = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 16)).astype("float32"))
+    blocks = [UniversalInvertedBottleneck(16, expansion=2.0, layer_scale_init=0.5, name="uib"),
+              MobileMQA(2, 8, kv_strides=2, layer_scale_init=0.5, name="mqa")]
+    shape = tuple(x.shape)
+    for block in blocks:
+        block.build(shape)
+        for layer in block._flatten_layers(include_self=False):
+            if hasattr(layer, "moving_variance"):  # statistics that change the output
+                layer.moving_variance.assign(np.linspace(0.5, 2, layer.moving_variance.shape[0]))
+
+    def forward(a):
+        for block in blocks:
+            a = block(a, training=False)
+        return a
+
+    with torch.no_grad():
+        eager = to_numpy(forward(x))
+        torch._dynamo.reset()
+        out, (code, *_) = run_and_get_code(torch.compile(forward), x)
+    np.testing.assert_allclose(to_numpy(out), eager, rtol=1e-5, atol=1e-5)
+    buffers = re.findall(r"(?:empty_strided\w*|reinterpret_tensor)\((?:\w+, )?\(([\d, ]+)\), "
+                         r"\(([\d, ]+)\)", code)
+    shapes = [([int(v) for v in size.split(",") if v.strip()],
+               [int(v) for v in stride.split(",") if v.strip()]) for size, stride in buffers]
+    maps = [(size, stride) for size, stride in shapes if len(size) == 4 and size[3] == 16]
+    assert maps, "no (batch, 8, 8, 16) buffers found in the generated code"
+    height_innermost = [(size, stride) for size, stride in maps if stride[1] == 1]
+    assert not height_innermost, height_innermost
