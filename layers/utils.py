@@ -172,7 +172,7 @@ def stored_as_nhwc(x):
     convolutions) stores a tensor read more than once with the
     channels-last strides of an NCHW tensor of its shape: ours are NHWC in
     shape, so it wrote a block's output (read by the next block and the
-    residual sum) with the height innermost, through 16x16 transposes, and
+    residual sum) with the height innermost, through transposes, and
     copied it back to channels-last memory for each convolution reading it
     (three copies of an attention block's normalised input, one per
     projection; docs/torch_backend.md). Fixing the strides to the

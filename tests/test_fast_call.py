@@ -544,8 +544,6 @@ def test_compiled_inference_keeps_feature_maps_channels_last():
     back the same way (docs/torch_backend.md). The 1x1 convolution's
     BatchNorm and activation are therefore written on the NCHW view. Checks
     the buffers of the generated code, and the output."""
-    import re
-
     import torch
     from torch._inductor.utils import run_and_get_code
 
@@ -565,15 +563,24 @@ def test_compiled_inference_keeps_feature_maps_channels_last():
         compiled = torch.compile(lambda a: depthwise(pointwise(a, training=False), training=False))
         out, (code, *_) = run_and_get_code(compiled, x)
     np.testing.assert_allclose(to_numpy(out), eager, rtol=1e-5, atol=1e-5)
-    buffers = re.findall(r"empty_strided\w*\(\(([\d, ]+)\), \(([\d, ]+)\)", code)
-    assert buffers, "no buffer allocations found in the generated code"
-    shapes = [([int(v) for v in size.split(",") if v.strip()],
-               [int(v) for v in stride.split(",") if v.strip()]) for size, stride in buffers]
+    shapes = _buffers(code)
+    assert shapes, "no buffer allocations found in the generated code"
     # (batch, height, width, 16) with the height's stride 1; NCHW-shaped
     # buffers have the 16 channels second (no spatial size here is 16)
     height_innermost = [(size, stride) for size, stride in shapes
                         if len(size) == 4 and size[3] == 16 and stride[1] == 1]
     assert not height_innermost, height_innermost
+
+
+def _buffers(code):
+    """(size, strides) of every buffer Inductor's generated `code`
+    allocates or reinterprets."""
+    import re
+
+    found = re.findall(r"(?:empty_strided\w*|reinterpret_tensor)\((?:\w+, )?\(([\d, ]+)\), "
+                       r"\(([\d, ]+)\)", code)
+    return [([int(v) for v in size.split(",") if v.strip()],
+             [int(v) for v in stride.split(",") if v.strip()]) for size, stride in found]
 
 
 def test_compiled_inference_stores_block_outputs_channels_last():
@@ -583,8 +590,6 @@ def test_compiled_inference_stores_block_outputs_channels_last():
     of an NCHW tensor of their NHWC shape) and copied them back for each
     convolution. `layers.utils.stored_as_nhwc` fixes their strides. Checks
     every 4-D buffer of the generated code, and the output."""
-    import re
-
     import torch
     from torch._inductor.utils import run_and_get_code
 
@@ -610,11 +615,7 @@ def test_compiled_inference_stores_block_outputs_channels_last():
         torch._dynamo.reset()
         out, (code, *_) = run_and_get_code(torch.compile(forward), x)
     np.testing.assert_allclose(to_numpy(out), eager, rtol=1e-5, atol=1e-5)
-    buffers = re.findall(r"(?:empty_strided\w*|reinterpret_tensor)\((?:\w+, )?\(([\d, ]+)\), "
-                         r"\(([\d, ]+)\)", code)
-    shapes = [([int(v) for v in size.split(",") if v.strip()],
-               [int(v) for v in stride.split(",") if v.strip()]) for size, stride in buffers]
-    maps = [(size, stride) for size, stride in shapes if len(size) == 4 and size[3] == 16]
+    maps = [(size, stride) for size, stride in _buffers(code) if len(size) == 4 and size[3] == 16]
     assert maps, "no (batch, 8, 8, 16) buffers found in the generated code"
     height_innermost = [(size, stride) for size, stride in maps if stride[1] == 1]
     assert not height_innermost, height_innermost
