@@ -131,11 +131,17 @@ class MobileMQA(ResidualBlock):
 
 
 def _fused_attention(q, v):
-    """Whether to take torch's fused attention: eager float32 training on
-    torch. Elsewhere the matmuls stay (traced graphs, exports, mixed
-    precision, whose logits this layer computes in float32)."""
-    return (_TORCH and isinstance(q, torch.Tensor) and torch.is_grad_enabled()
-            and q.dtype == v.dtype == torch.float32 and not torch.compiler.is_compiling())
+    """Whether to take torch's fused attention: float32 on torch, in eager
+    training and under torch.compile (inference and training; not
+    exporting). Elsewhere the matmuls stay (eager inference, exports, mixed
+    precision, whose logits this layer computes in float32). Compiled, the
+    fused kernel made V4 hybrid_medium's call at batch 32 0.97x as long
+    (docs/torch_backend.md)."""
+    if not (_TORCH and isinstance(q, torch.Tensor) and q.dtype == v.dtype == torch.float32):
+        return False
+    if torch.compiler.is_compiling():
+        return not torch.compiler.is_exporting()
+    return torch.is_grad_enabled()
 
 
 def _rows(t, depth):
