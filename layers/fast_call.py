@@ -350,12 +350,12 @@ class FastFunctional(FastCall, Functional):
         stem's kernel in ONNX files (tf2onnx writes each activation as a
         chain of 3-4 nodes that onnxruntime runs one by one, both exporters
         the pooling as a `ReduceMean` it runs outside its blocked layout;
-        see `export_graph`), on JAX the depthwise convolutions exported
-        as such (`depthwise_as_conv`), and LiteRT files on TensorFlow written
+        see `export_graph`), on JAX the depthwise and 1x1 convolutions
+        exported as such (`depthwise_as_conv`, `pointwise_as_conv`), and LiteRT files on TensorFlow written
         from the frozen forward instead of a SavedModel with variables
         (`litert_export`: the forward traced once, not three times)."""
         from .depthwise_conv import depthwise_as_conv
-        from .utils import fixed_sizes_when_traced
+        from .utils import fixed_sizes_when_traced, pointwise_as_conv
 
         if format == "litert" and _TENSORFLOW:
             from .litert_export import export_litert
@@ -365,7 +365,7 @@ class FastFunctional(FastCall, Functional):
         onnx, fixed = format == "onnx", _fixed_sizes(self, input_signature)
         jax = keras.backend.backend() == "jax"
         try:
-            with depthwise_as_conv(self, enabled=onnx and jax), \
+            with depthwise_as_conv(self, enabled=onnx and jax), pointwise_as_conv(jax), \
                     fixed_sizes_when_traced(onnx and fixed):
                 result = super().export(filepath, format=format, verbose=verbose,
                                         input_signature=input_signature, **kwargs)

@@ -101,12 +101,16 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0,
     explicit padding), and `bias` (per output channel) too: a separate add
     made Inductor (torch.compile) write the feature map once more. On
     TensorFlow `pad` is the convolution's explicit padding
-    (`_tf_conv_nhwc`). Elsewhere this is the plain channels-last op, plus
-    `bias`.
+    (`_tf_conv_nhwc`). On JAX on CPU a 1x1 convolution at stride 1 is a
+    matrix product over the channels (`_jax_pointwise`). Elsewhere this is
+    the plain channels-last op, plus `bias`.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow" and pad and _pair(dilation_rate) == (1, 1):
         return _tf_conv_nhwc(conv_op is ops.depthwise_conv, inputs, kernel, strides, pad, bias)
+    if backend == "jax" and conv_op is ops.conv and not pad and _jax_pointwise(kernel, strides):
+        y = _jax_pointwise_product()(ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel))
+        return y if bias is None else y + bias
     if backend != "torch":
         if pad:
             inputs = ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
@@ -232,6 +236,67 @@ def _spatial_sizes(x):
 
 def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
+
+
+_POINTWISE_AS_MATMUL = [True]
+
+
+def _jax_pointwise(kernel, strides):
+    """Whether JAX should run this convolution as a matrix product: a 1x1
+    kernel at stride 1 (any padding is none), on XLA's CPU backend, outside
+    `pointwise_as_conv`. XLA:CPU ran the 1x1 convolutions slower than the
+    same product (same outputs), and computes a convolution's kernel
+    gradient as a convolution over the batch, with channels-first copies of
+    the input and of the output gradient, where a product's gradients are
+    two products of the tensors as they are (timed in
+    `benchmarks/README.md`)."""
+    return (_POINTWISE_AS_MATMUL[0] and tuple(kernel.shape[:2]) == (1, 1)
+            and _pair(strides) == (1, 1) and _jax_on_cpu())
+
+
+@functools.cache
+def _jax_pointwise_product():
+    """`x @ kernel[0, 0]` with its gradients as products of the tensors as
+    they are. JAX's own derivative of the product kept more of the step's
+    temporaries alive (V4 conv_small at batch 32: 0.44 against the
+    convolution's 0.36 GB in XLA's memory analysis); these are the
+    convolution's 0.36."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def product(x, kernel):
+        return x @ kernel[0, 0].astype(x.dtype)
+
+    def forward(x, kernel):
+        return product(x, kernel), (x, kernel)
+
+    def backward(saved, grad):
+        x, kernel = saved
+        dx = grad @ kernel[0, 0].astype(grad.dtype).T
+        dk = jnp.einsum("nhwc,nhwo->co", x, grad)[None, None].astype(kernel.dtype)
+        return dx, dk
+
+    product.defvjp(forward, backward)
+    return product
+
+
+@functools.cache
+def _jax_on_cpu():
+    return keras.distribution.list_devices()[0].startswith("cpu")
+
+
+@contextlib.contextmanager
+def pointwise_as_conv(enabled=True):
+    """Keep 1x1 convolutions as convolutions on JAX while this runs
+    (exporting to ONNX: jax2onnx would write a `MatMul` on the channels-last
+    tensor, which onnxruntime runs outside its blocked convolution layout)."""
+    before = _POINTWISE_AS_MATMUL[0]
+    _POINTWISE_AS_MATMUL[0] = before and not enabled
+    try:
+        yield
+    finally:
+        _POINTWISE_AS_MATMUL[0] = before
 
 
 def _torch_conv_nhwc(depthwise, x, kernel, strides, padding, dilation_rate, pad, bias=None):

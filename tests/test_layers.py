@@ -478,6 +478,49 @@ def test_depthwise_runs_the_chosen_implementation(implementation, kwargs, expect
     assert y.shape == (1, 8, 8, 4 * kwargs.get("depth_multiplier", 1))
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="a JAX-only route (CPU)")
+def test_jax_pointwise_convolution_is_a_matrix_product_that_steps_alike():
+    """On JAX on CPU a 1x1 convolution at stride 1 is traced as a matrix
+    product (not at stride 2, nor inside `pointwise_as_conv`, which exports
+    use), with the convolution's outputs and one SGD step's weights."""
+    import jax
+
+    from keras_mobilenets.layers.utils import pointwise_as_conv
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 9, 7, 5)).astype("float32")
+
+    def traced(layer, inputs):
+        return str(jax.make_jaxpr(lambda t: layer(t))(inputs))
+
+    for strides, product in ((2, False), (1, True)):
+        layer = Conv(6, 1, strides=strides, use_bias=True)
+        layer.build(x.shape)
+        jaxpr = traced(layer, x)
+        assert ("dot_general" in jaxpr) == product, jaxpr
+        assert ("conv_general_dilated" in jaxpr) != product, jaxpr
+    with pointwise_as_conv():
+        jaxpr = traced(layer, x)
+        assert "dot_general" not in jaxpr and "conv_general_dilated" in jaxpr
+
+    models, weights = {}, None
+    for route in ("matmul", "conv"):
+        model = keras.Sequential([keras.Input((9, 7, 5)), keras.layers.Dense(4),
+                                  Conv(6, 1, use_bias=True), keras.layers.Dense(3)])
+        if weights is None:
+            weights = [rng.normal(size=w.shape).astype("float32") for w in model.get_weights()]
+        model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        with pointwise_as_conv(route == "conv"):
+            outputs = to_numpy(model.predict_on_batch(x))
+            model.train_on_batch(x, np.ones((2, 9, 7, 3), "float32"))  # traced here
+        models[route] = (model, outputs)
+    assert max_abs_diff(models["matmul"][1], models["conv"][1]) < 1e-5
+    for a, b, w in zip(models["matmul"][0].get_weights(), models["conv"][0].get_weights(), weights):
+        assert max_abs_diff(b, w) > 1e-3  # the step moved every weight
+        assert max_abs_diff(a, b) < 1e-5
+
+
 def test_depthwise_rejects_unknown_implementation():
     with pytest.raises(ValueError, match="'fft'"):
         DepthwiseConv(3, implementation="fft")
