@@ -8,7 +8,7 @@ from keras import ops
 from .fast_call import FastCall
 from .initializers import HostInitialized
 from .quantization import Int8Kernel
-from .utils import SymmetricPadding, conv_nhwc, same_pads
+from .utils import SymmetricPadding, conv_nhwc, jax_on_cpu, same_pads
 
 _PACKAGE = "keras_mobilenets"
 IMPLEMENTATIONS = ("auto", "conv", "shift")
@@ -16,10 +16,6 @@ IMPLEMENTATIONS = ("auto", "conv", "shift")
 
 def _non_negative(value):
     return max(value, 0) if isinstance(value, int) else ops.maximum(value, 0)
-
-
-def _jax_on_cpu():
-    return keras.distribution.list_devices()[0].startswith("cpu")
 
 
 def _pad(x, pads):
@@ -163,7 +159,7 @@ class DepthwiseConv(
 
     def _use_shift(self):
         if self.implementation == "auto":
-            shift = keras.backend.backend() == "jax" and _jax_on_cpu()
+            shift = keras.backend.backend() == "jax" and jax_on_cpu()
         else:
             shift = self.implementation == "shift"
         return shift and self.depth_multiplier == 1 and tuple(self.dilation_rate) == (1, 1)

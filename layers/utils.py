@@ -251,7 +251,7 @@ def _jax_pointwise(kernel, strides):
     two products of the tensors as they are (timed in
     `benchmarks/README.md`)."""
     return (_POINTWISE_AS_MATMUL[0] and tuple(kernel.shape[:2]) == (1, 1)
-            and _pair(strides) == (1, 1) and _jax_on_cpu())
+            and _pair(strides) == (1, 1) and jax_on_cpu())
 
 
 @functools.cache
@@ -282,7 +282,8 @@ def _jax_pointwise_product():
 
 
 @functools.cache
-def _jax_on_cpu():
+def jax_on_cpu():
+    """Whether Keras' JAX backend runs on CPU devices (XLA:CPU)."""
     return keras.distribution.list_devices()[0].startswith("cpu")
 
 
