@@ -351,9 +351,10 @@ class FastFunctional(FastCall, Functional):
         chain of 3-4 nodes that onnxruntime runs one by one, both exporters
         the pooling as a `ReduceMean` it runs outside its blocked layout;
         see `export_graph`), on JAX the depthwise and 1x1 convolutions
-        exported as such (`depthwise_as_conv`, `pointwise_as_conv`), and LiteRT files on TensorFlow written
-        from the frozen forward instead of a SavedModel with variables
-        (`litert_export`: the forward traced once, not three times)."""
+        exported as such (`depthwise_as_conv`, `pointwise_as_conv`), and
+        LiteRT files on TensorFlow written from the frozen forward instead of
+        a SavedModel with variables (`litert_export`: the forward traced
+        once, not three times)."""
         from .depthwise_conv import depthwise_as_conv
         from .utils import fixed_sizes_when_traced, pointwise_as_conv
 

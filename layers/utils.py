@@ -289,9 +289,10 @@ def jax_on_cpu():
 
 @contextlib.contextmanager
 def pointwise_as_conv(enabled=True):
-    """Keep 1x1 convolutions as convolutions on JAX while this runs
-    (exporting to ONNX: jax2onnx would write a `MatMul` on the channels-last
-    tensor, which onnxruntime runs outside its blocked convolution layout)."""
+    """Keep 1x1 convolutions as convolutions on JAX while this runs.
+    Exports use it: their graphs (ONNX `Conv` nodes, SavedModel `Conv2D`)
+    and the latencies measured of them stay as they were; the product in an
+    exported runtime is not measured."""
     before = _POINTWISE_AS_MATMUL[0]
     _POINTWISE_AS_MATMUL[0] = before and not enabled
     try:
