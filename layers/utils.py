@@ -257,10 +257,9 @@ def _jax_pointwise(kernel, strides):
 @functools.cache
 def _jax_pointwise_product():
     """`x @ kernel[0, 0]` with its gradients as products of the tensors as
-    they are. JAX's own derivative of the product kept more of the step's
-    temporaries alive (V4 conv_small at batch 32: 0.44 against the
-    convolution's 0.36 GB in XLA's memory analysis); these are the
-    convolution's 0.36."""
+    they are. JAX's own derivative of the product kept more of a training
+    step's temporaries alive than the convolution did; this backward pass
+    keeps the convolution's (XLA's memory analysis, `benchmarks/README.md`)."""
     import jax
     import jax.numpy as jnp
 
