@@ -81,3 +81,41 @@ def check_head_args(include_top, num_classes, pooling, classifier_activation):
                 ) from e
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+
+
+
+def check_remat(model_name, model=None):
+    """Refuse a `keras.RematScope` that would rematerialise these models' blocks.
+
+    Keras rematerialises a layer by re-running its `call` in the backward pass. Around
+    these blocks that fails on TensorFlow (`tf.recompute_grad` takes no keyword arguments
+    in a graph) and JAX (`training` becomes a traced value), and on torch the re-run
+    updates BatchNorm's moving mean and variance a second time, so training is no longer
+    the model's. `mode="activations"` re-runs activation functions only and is allowed.
+    Called before the build with `model=None` (every layer is in scope) and after it with
+    the model (`"list_of_layers"`: only the names listed).
+    """
+    from keras.src.backend.common.remat import get_current_remat_mode
+
+    if model is None:
+        scope = get_current_remat_mode()
+        if scope is None or scope.mode in ("activations", "list_of_layers"):
+            return
+        mode_name, touched = scope.mode, ["its blocks"]
+    else:
+        mode_name, touched = None, []
+        for layer in model._flatten_layers(include_self=False):
+            mode = getattr(layer, "_remat_mode", None)
+            if mode is not None and mode.mode == "list_of_layers" and layer.name in mode.layer_names:
+                mode_name = mode.mode
+                touched.append(layer.name)
+        if not touched:
+            return
+    raise ValueError(
+        f"keras.RematScope(mode={mode_name!r}) around create_{model_name.lower()} would "
+        f"rematerialise {', '.join(touched[:3])}{' ...' if len(touched) > 3 else ''}, which "
+        f"Keras cannot do for these blocks on {keras.backend.backend()}: the first fit fails "
+        "on TensorFlow and JAX, and on torch BatchNorm's moving statistics would be updated "
+        "twice per step. Build the model outside the scope (mode='activations' is allowed); "
+        "memory options: docs/training_memory.md."
+    )

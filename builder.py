@@ -24,6 +24,7 @@ from keras_mobilenets.arguments import (
     check_head_args,
     check_input_shape,
     check_rate,
+    check_remat,
     check_variant,
     check_width,
 )
@@ -177,6 +178,7 @@ def build_model(
         A functional `keras.Model` with the weights loaded.
     """
     spec = check_variant(variant, variants, model_name)
+    check_remat(model_name)
     variant = str(variant) if isinstance(variant, (int, float)) else variant
     arch = spec.arch.minimal() if minimalistic else spec.arch
     width = spec.width * check_width(width_multiplier)
@@ -272,4 +274,5 @@ def build_model(
     else:
         x = feature_pooling(x, pooling)
     model = FastFunctional(inputs, x, name=name)
+    check_remat(model_name, model)
     return loading.load_weights(model, weights_file, include_top)

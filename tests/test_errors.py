@@ -1,8 +1,11 @@
 """Arguments a user gets wrong give a ValueError/TypeError that names the bad
 value and what is accepted, raised before any layer is built."""
 
+import contextlib
 import re
 
+import keras
+import numpy as np
 import pytest
 
 from mobilenet_v1 import create_mobilenetv1
@@ -67,3 +70,33 @@ def test_v4_drop_path_rate_checked():
 def test_v1_depth_multiplier_checked():
     with pytest.raises(ValueError, match="depth_multiplier must be a positive integer, got 0"):
         create_mobilenetv1(depth_multiplier=0)
+
+
+@pytest.mark.parametrize("scope", [
+    dict(mode="full"),
+    dict(mode="larger_than", output_size_threshold=1000),
+    dict(mode="list_of_layers", layer_names=["stage1_block0", "my_head"]),
+], ids=lambda scope: scope["mode"])
+def test_remat_scope_reaching_the_blocks_is_refused(scope):
+    # Keras' remat of these blocks fails at the first fit (TensorFlow, JAX) or updates
+    # BatchNorm's moving statistics twice per step (torch): refused at build time.
+    with keras.RematScope(**scope):
+        with pytest.raises(ValueError, match=re.escape(f"keras.RematScope(mode='{scope['mode']}')")):
+            create_mobilenetv3("small", input_shape=(32, 32, 3), num_classes=4)
+
+
+def test_remat_scope_leaving_the_blocks_alone_trains_alike():
+    x = np.random.RandomState(0).rand(4, 32, 32, 3).astype("float32")
+    y = keras.utils.to_categorical(np.arange(4), 4)
+    results = []
+    with keras.RematScope(mode="list_of_layers", layer_names=["my_head"]):
+        create_mobilenetv3("small", input_shape=(32, 32, 3), num_classes=4)  # none of ours named
+    for scope in (None, dict(mode="activations")):
+        keras.utils.set_random_seed(0)
+        with keras.RematScope(**scope) if scope else contextlib.nullcontext():
+            model = create_mobilenetv3("small", input_shape=(32, 32, 3), num_classes=4)
+        model.compile(keras.optimizers.SGD(0.1), "categorical_crossentropy")
+        model.train_on_batch(x, y)
+        results.append([keras.ops.convert_to_numpy(v) for v in model.weights])
+    for a, b in zip(*results):  # the recomputed activations round differently on oneDNN
+        np.testing.assert_allclose(a, b, atol=1e-4)
