@@ -83,7 +83,6 @@ def check_head_args(include_top, num_classes, pooling, classifier_activation):
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
 
 
-
 def check_remat(model_name, model=None):
     """Refuse a `keras.RematScope` that would rematerialise these models' blocks.
 
@@ -103,12 +102,12 @@ def check_remat(model_name, model=None):
             return
         mode_name, touched = scope.mode, ["its blocks"]
     else:
-        mode_name, touched = None, []
-        for layer in model._flatten_layers(include_self=False):
-            mode = getattr(layer, "_remat_mode", None)
-            if mode is not None and mode.mode == "list_of_layers" and layer.name in mode.layer_names:
-                mode_name = mode.mode
-                touched.append(layer.name)
+        mode_name = "list_of_layers"
+        touched = [
+            layer.name for layer in model._flatten_layers(include_self=False)
+            if getattr(layer, "_remat_mode", None) is not None
+            and layer._remat_mode.mode == mode_name and layer.name in layer._remat_mode.layer_names
+        ]
         if not touched:
             return
     raise ValueError(
