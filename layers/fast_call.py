@@ -225,6 +225,8 @@ class FastFunctional(FastCall, Functional):
         """
         made = force or self.predict_function is None
         super().make_predict_function(force)
+        if made and keras.backend.backend() == "jax":
+            self._jax_predict_step = _jax_predict_step(self)
         fn = getattr(self.predict_function, "_torchdynamo_orig_callable", None)
         if made and fn is not None:
             compiled = torch.compile(
@@ -240,6 +242,26 @@ class FastFunctional(FastCall, Functional):
             predict_function._torchdynamo_orig_callable = compiled._torchdynamo_orig_callable
             self.predict_function = predict_function
         return self.predict_function
+
+    def predict_on_batch(self, x):
+        """Keras' `predict_on_batch`; on JAX without its round trip of every variable.
+
+        Keras' JAX predict step takes the variables' values donated and returns
+        them all, which it then assigns back one by one: at batch 1 that was half
+        of V3 small's call (`benchmarks/README.md`, where the speed comes from). Here the values
+        are passed, not donated, and only those a layer assigned in inference are
+        returned and assigned (none in these models)."""
+        if (keras.backend.backend() != "jax" or self.run_eagerly or not self.jit_compile
+                or keras.distribution.distribution() is not None
+                or not all(layer.built for layer in self._flatten_layers())):
+            return super().predict_on_batch(x)
+        self.make_predict_function()
+        non_trainable = self.non_trainable_variables
+        outputs, assigned = self._jax_predict_step(
+            [v.value for v in self.trainable_variables], [v.value for v in non_trainable], x)
+        for i, value in assigned.items():
+            non_trainable[i].assign(value)
+        return keras.tree.map_structure(np.asarray, outputs)
 
     def make_train_function(self, force=False):
         """Keras' train function. On torch with `jit_compile=True`, compiled
@@ -386,6 +408,21 @@ class FastFunctional(FastCall, Functional):
 
             rewrite_onnx_file(str(filepath))
         return result
+
+
+def _jax_predict_step(model):
+    """`model`'s inference as one jitted function of its variables' values and a
+    batch: the outputs, and {index: value} of the non-trainable variables a layer
+    assigned (a traced value that is not the one passed in)."""
+    import jax
+
+    kwargs = {"training": False} if model._call_has_training_arg else {}
+
+    def step(trainable, non_trainable, x):
+        outputs, new = model.stateless_call(trainable, non_trainable, x, **kwargs)
+        return outputs, {i: n for i, (n, o) in enumerate(zip(new, non_trainable)) if n is not o}
+
+    return jax.jit(step)
 
 
 def _fixed_sizes(model, input_signature=None):
