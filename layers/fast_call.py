@@ -256,6 +256,8 @@ class FastFunctional(FastCall, Functional):
                 or not all(layer.built for layer in self._flatten_layers())):
             return super().predict_on_batch(x)
         self.make_predict_function()
+        if getattr(self, "_jax_predict_step", None) is None:  # a predict function set by hand
+            self._jax_predict_step = _jax_predict_step(self)
         non_trainable = self.non_trainable_variables
         outputs, assigned = self._jax_predict_step(
             [v.value for v in self.trainable_variables], [v.value for v in non_trainable], x)
