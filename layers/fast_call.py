@@ -225,8 +225,6 @@ class FastFunctional(FastCall, Functional):
         """
         made = force or self.predict_function is None
         super().make_predict_function(force)
-        if made and keras.backend.backend() == "jax":
-            self._jax_predict_step = _jax_predict_step(self)
         fn = getattr(self.predict_function, "_torchdynamo_orig_callable", None)
         if made and fn is not None:
             compiled = torch.compile(
@@ -255,9 +253,11 @@ class FastFunctional(FastCall, Functional):
                 or keras.distribution.distribution() is not None
                 or not all(layer.built for layer in self._flatten_layers())):
             return super().predict_on_batch(x)
-        self.make_predict_function()
-        if getattr(self, "_jax_predict_step", None) is None:  # a predict function set by hand
+        predict_function = self.make_predict_function()
+        # Remade with Keras' predict function, which compile() and quantize() drop.
+        if getattr(self, "_jax_predict_for", None) is not predict_function:
             self._jax_predict_step = _jax_predict_step(self)
+            self._jax_predict_for = predict_function
         non_trainable = self.non_trainable_variables
         outputs, assigned = self._jax_predict_step(
             [v.value for v in self.trainable_variables], [v.value for v in non_trainable], x)
