@@ -52,18 +52,20 @@ class HardSwish(FastCall, NothingToQuantize, keras.layers.Layer):
     and one backward instead of four elementwise passes each way over the
     largest activations of MobileNetV3 (keras.applications does the same).
     On TensorFlow, where `hard_silu` is `x * relu6(x + 3) / 6` as separate
-    ops whose gradients keep `x + 3` and `relu6(x + 3) / 6` beside `x`, it
-    keeps only `x` for the backward pass and recomputes the derivative there
-    (the same values as TensorFlow's; training memory in
-    `benchmarks/README.md`).
+    ops whose gradients keep `x + 3` and `relu6(x + 3) / 6` beside `x`, a
+    training call keeps only `x` for the backward pass and recomputes the
+    derivative there (the same values as TensorFlow's; training memory in
+    `benchmarks/README.md`). Other calls keep TensorFlow's own form, which
+    its graph remapper fuses into the convolution before it (with oneDNN);
+    the custom gradient hid it from the remapper.
     """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.built = True
 
-    def call(self, x):
-        if keras.backend.backend() == "tensorflow":
+    def call(self, x, training=None):
+        if keras.backend.backend() == "tensorflow" and training:
             return _hard_swish_keeping_input(x)
         return ops.hard_silu(x)
 

@@ -116,7 +116,9 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0,
             inputs = ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
         y = conv_op(inputs, kernel, data_format="channels_last", strides=strides,
                     padding=padding, dilation_rate=dilation_rate)
-        return y if bias is None else y + bias
+        if bias is None:
+            return y
+        return _tf_bias_add(y, bias) if backend == "tensorflow" else y + bias
     return _torch_conv_nhwc(conv_op is ops.depthwise_conv, inputs, kernel, strides, padding,
                             dilation_rate, pad, bias)
 
@@ -153,7 +155,19 @@ def _tf_conv_nhwc(depthwise, x, kernel, strides, pad, bias=None):
         y = tf.nn.depthwise_conv2d(x, kernel, (1, *strides, 1), paddings)
     else:
         y = tf.nn.conv2d(x, kernel, strides, paddings)
-    return y if bias is None else y + bias
+    return y if bias is None else _tf_bias_add(y, bias)
+
+
+def _tf_bias_add(y, bias):
+    """`y + bias` as TensorFlow's `BiasAdd`, which its graph remapper fuses
+    into the convolution before it together with what follows: a hard-swish
+    (MobileNetV3's activation, otherwise four passes over the map) or a
+    residual sum. As an `AddV2` the convolution took the bias alone, and
+    TensorFlow's arithmetic optimiser merged a bias and a residual sum into
+    one `AddN` the convolution did not take at all (benchmarks/README.md)."""
+    import tensorflow as tf
+
+    return tf.nn.bias_add(y, ops.cast(bias, y.dtype))
 
 
 @functools.cache

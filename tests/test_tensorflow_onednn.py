@@ -79,3 +79,58 @@ def test_depthwise_symmetric_padding_without_explicit_paddings(size, kernel, str
     if bias:
         expected = expected + b
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+FUSION_SCRIPT = textwrap.dedent(
+    """
+    import collections, json, sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+    from keras_mobilenets import create_mobilenetv2, create_mobilenetv3
+    from keras_mobilenets.layers import HardSigmoid
+
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32"))
+    counts = {}
+    for name, model in (("v3", create_mobilenetv3("small", input_shape=(64, 64, 3))),
+                        ("v2", create_mobilenetv2("1.0", input_shape=(64, 64, 3)))):
+        call = tf.function(lambda x: model(x, training=False))
+        # The graph TensorFlow ran, after its optimisers: recorded when the
+        # function first runs.
+        context.context().enable_run_metadata()
+        call(x).numpy()
+        metadata = context.context().export_run_metadata()
+        context.context().disable_run_metadata()
+        ops = collections.Counter(n.op for g in metadata.partition_graphs for n in g.node)
+        fused = collections.Counter(
+            "+".join(s.decode() for s in n.attr["fused_ops"].list.s)
+            for g in metadata.partition_graphs for n in g.node if "Fused" in n.op)
+        gates = sum(isinstance(layer, HardSigmoid) for layer in model._flatten_layers())
+        counts[name] = dict(ops=ops, fused=fused, gates=gates)
+    print(json.dumps(counts))
+    """
+)
+
+
+def test_inference_graph_fuses_bias_hard_swish_and_residual_sum():
+    """In inference TensorFlow's remapper (oneDNN) fuses each convolution
+    with its folded-BatchNorm bias and what follows: V3's hard-swish and a
+    block's residual sum. Left are only the squeeze-excite gates' ReLU6
+    (hard-sigmoid) and the head's, and no convolution runs unfused: before the bias became a
+    `BiasAdd`, V3 small ran each hard-swish as separate ops and the residual
+    sums as `AddN` beside unfused projections (layers/utils.py)."""
+    proc = start(FUSION_SCRIPT, [], {**subprocess_env("tensorflow"),
+                                     "TF_ENABLE_ONEDNN_OPTS": "1"})
+    counts = json.loads(finish(proc, "tracing with oneDNN optimisations").splitlines()[-1])
+    for name, found in counts.items():
+        ops, fused = found["ops"], found["fused"]
+        unfused = {op: n for op, n in ops.items() if "Conv2D" in op and "Fused" not in op}
+        assert not unfused, (name, unfused, fused)
+        assert ops.get("AddN", 0) == 0, (name, ops)
+        # V3's head adds one: its hard-swish after a matrix product on the
+        # pooled (batch, 1024) vector, which stays a separate op.
+        head = 1 if name == "v3" else 0
+        assert ops.get("Relu6", 0) == found["gates"] + head, (name, ops, fused)
+    assert counts["v3"]["fused"].get("BiasAdd+_FusedHardSwish", 0) > 10, counts["v3"]["fused"]
+    assert counts["v2"]["fused"].get("BiasAdd+Add", 0) == 10, counts["v2"]["fused"]
