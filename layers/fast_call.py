@@ -249,18 +249,22 @@ class FastFunctional(FastCall, Functional):
         of V3 small's call (`benchmarks/README.md`, where the speed comes from). Here the values
         are passed, not donated, and only those a layer assigned in inference are
         returned and assigned (none in these models)."""
-        if (keras.backend.backend() != "jax" or self.run_eagerly or not self.jit_compile
-                or keras.distribution.distribution() is not None
-                or not all(layer.built for layer in self._flatten_layers())):
+        variables = None
+        if (keras.backend.backend() == "jax" and not self.run_eagerly and self.jit_compile
+                and keras.distribution.distribution() is None):
+            variables = _jax_variables(self)
+        if variables is None:
             return super().predict_on_batch(x)
+        trainable, non_trainable = variables
         predict_function = self.make_predict_function()
         # Remade with Keras' predict function, which compile() and quantize() drop.
         if getattr(self, "_jax_predict_for", None) is not predict_function:
             self._jax_predict_step = _jax_predict_step(self)
             self._jax_predict_for = predict_function
-        non_trainable = self.non_trainable_variables
+        # `_value` is `value` outside stateless and autocast scopes
+        # (`_jax_variables` checks), without its checks on each of hundreds.
         outputs, assigned = self._jax_predict_step(
-            [v.value for v in self.trainable_variables], [v.value for v in non_trainable], x)
+            [v._value for v in trainable], [v._value for v in non_trainable], x)
         for i, value in assigned.items():
             non_trainable[i].assign(value)
         return keras.tree.map_structure(np.asarray, outputs)
@@ -410,6 +414,35 @@ class FastFunctional(FastCall, Functional):
 
             rewrite_onnx_file(str(filepath))
         return result
+
+
+def _jax_variables(model):
+    """`model`'s trainable and non-trainable variables, as Keras lists them,
+    kept on the model while its layers, their `trainable` flags and their own
+    variable lists are unchanged (Keras collects them anew through every
+    layer on each call: at batch 1 more than a tenth of V3 small's
+    `predict_on_batch` on JAX). None where Keras' own path is needed: a layer
+    not built, a variable not initialised, inside a stateless or autocast
+    scope."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    if in_stateless_scope() or get_autocast_scope() is not None:
+        return None
+    layers = list(model._flatten_layers())
+    if not all(layer.built for layer in layers):
+        return None
+    key = tuple((id(layer), layer._trainable, len(layer._trainable_variables),
+                 len(layer._non_trainable_variables), len(layer._seed_generators))
+                for layer in layers)
+    kept = model.__dict__.get("_jax_variables_kept")
+    if kept is not None and kept[0] == key and all(
+            v.trainable for v in kept[1][0]) and not any(v.trainable for v in kept[1][1]):
+        return kept[1]
+    variables = (model.trainable_variables, model.non_trainable_variables)
+    if any(v._value is None for group in variables for v in group):
+        return None
+    object.__setattr__(model, "_jax_variables_kept", (key, variables))  # a cache, untracked
+    return variables
 
 
 def _jax_predict_step(model):

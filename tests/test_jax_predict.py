@@ -44,3 +44,31 @@ def test_an_assignment_in_inference_lands():
     for _ in range(2):
         np.testing.assert_array_equal(model.predict_on_batch(x), x * 2.0)
     assert float(counter.count.value) == 2.0
+
+
+def test_kept_variable_lists_follow_trainable_flags_and_new_values():
+    """The variable lists kept between calls are Keras' own after a layer's
+    `trainable` flag changes, and a newly assigned value is used at once."""
+    from keras_mobilenets.layers.fast_call import _jax_variables
+
+    model = create_mobilenetv3("small", input_shape=(32, 32, 3), num_classes=4)
+    x = np.random.RandomState(0).rand(2, 32, 32, 3).astype("float32")
+    model.predict_on_batch(x)
+
+    def same_lists():
+        trainable, non_trainable = _jax_variables(model)
+        return ([id(v) for v in trainable] == [id(v) for v in model.trainable_variables]
+                and [id(v) for v in non_trainable] == [id(v) for v in model.non_trainable_variables])
+
+    assert same_lists()
+    count = len(model.trainable_variables)
+    model.get_layer("stage1_block0").trainable = False
+    assert len(model.trainable_variables) < count and same_lists()
+    model.trainable = False
+    assert not model.trainable_variables and same_lists()
+    model.trainable = True
+    assert len(model.trainable_variables) == count and same_lists()
+
+    bn = next(v for v in model.non_trainable_variables if "moving_mean" in v.path)
+    bn.assign(bn.value + 1.0)
+    np.testing.assert_array_equal(model.predict_on_batch(x), Functional.predict_on_batch(model, x))
