@@ -246,7 +246,7 @@ class FastFunctional(FastCall, Functional):
 
         Keras' JAX predict step takes the variables' values donated and returns
         them all, which it then assigns back one by one: at batch 1 that was half
-        of V3 small's call (`benchmarks/README.md`, where the speed comes from). Here the values
+        of V3 small's call (`docs/speed.md`). Here the values
         are passed, not donated, and only those a layer assigned in inference are
         returned and assigned (none in these models)."""
         variables = None
