@@ -115,7 +115,23 @@ def worker(impl, key, batch, steps, remat):
         raise RuntimeError("the loss is NaN")
     # The first step compiles (JAX, TensorFlow's graph); the median of the rest.
     print(json.dumps(dict(base_gb=base, built_gb=built, peak_gb=peak_gb(),
+                          in_use_gb=tensorflow_in_use_gb(impl),
                           step_s=statistics.median(times[1:] or times))))
+
+
+def tensorflow_in_use_gb(impl):
+    """TensorFlow's own count of the most memory its tensors held at once, in
+    GB, where its allocator keeps one (oneDNN's pooling `mklcpu` allocator,
+    whose pool can hold more than that: the resident peak is then the pool's
+    high-water mark, which moves between runs); else None."""
+    if impl != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    try:
+        return tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**30
+    except ValueError:  # the default CPU allocator keeps no statistics
+        return None
 
 
 def run_one(impl, key, args):
@@ -145,7 +161,9 @@ def run_one(impl, key, args):
 def cell(result):
     if "error" in result:
         return result["error"]
-    return (f"{result['peak_gb'] - result['base_gb']:.2f} ({result['peak_gb']:.2f}), "
+    in_use = result.get("in_use_gb")
+    in_use = "" if in_use is None else f", tensors {in_use:.2f}"
+    return (f"{result['peak_gb'] - result['base_gb']:.2f} ({result['peak_gb']:.2f}){in_use}, "
             f"{result['step_s']:.2f} s")
 
 
@@ -160,7 +178,9 @@ def render(results, args):
         "Each cell: the worker's peak resident memory in GB above its memory before the "
         "model was built (the framework imported and started: that part differs by framework, "
         "not by model), the whole peak in brackets, and the median step time "
-        f"({args.steps} steps, the first one excluded). Ours: `train_on_batch`, "
+        f"({args.steps} steps, the first one excluded); for TensorFlow with oneDNN, whose "
+        "allocator pools memory, also the most its tensors held at once (\"tensors\", "
+        "TensorFlow's own statistics). Ours: `train_on_batch`, "
         f"default `jit_compile`; timm: eager. Rematerialisation: {remat}.",
         "",
         "| model | " + " | ".join(("ours " + i) if i != "timm" else "timm eager"
