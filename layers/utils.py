@@ -103,7 +103,8 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0,
     TensorFlow `pad` is the convolution's explicit padding
     (`_tf_conv_nhwc`). On JAX on CPU a 1x1 convolution at stride 1 is a
     matrix product over the channels (`_jax_pointwise`). Elsewhere this is
-    the plain channels-last op, plus `bias`.
+    the plain channels-last op, plus `bias` (on TensorFlow a `BiasAdd`:
+    `_tf_bias_add`).
     """
     backend = keras.backend.backend()
     if backend == "tensorflow" and pad and _pair(dilation_rate) == (1, 1):
@@ -164,7 +165,7 @@ def _tf_bias_add(y, bias):
     (MobileNetV3's activation, otherwise four passes over the map) or a
     residual sum. As an `AddV2` the convolution took the bias alone, and
     TensorFlow's arithmetic optimiser merged a bias and a residual sum into
-    one `AddN` the convolution did not take at all (benchmarks/README.md)."""
+    one `AddN` the convolution did not take at all (docs/speed.md)."""
     import tensorflow as tf
 
     return tf.nn.bias_add(y, ops.cast(bias, y.dtype))
