@@ -24,12 +24,11 @@ import subprocess
 import sys
 import textwrap
 
-from common import HERE, MODELS, keras_build_code, log, make_package_importable
+from common import HERE, MODELS, keras_build_code, limit_threads, log, make_package_importable
 
 CHILD = textwrap.dedent(
     """
-    import json, os, statistics, sys, time
-    os.sched_setaffinity(0, {core})
+    import json, statistics, sys, time
     kind, spec, size, batches = {kind!r}, {spec!r}, {size}, {batches!r}
     if kind == "ours":
         import numpy as np
@@ -74,16 +73,12 @@ CHILD = textwrap.dedent(
 )
 
 
-def start(kind, key, size, batches, core, backend):
+def start(kind, key, size, batches, backend):
     spec = MODELS[key]
     build = keras_build_code(spec, "ours", (size, size, 3)) if kind == "ours" else ""
-    code = CHILD.format(core={core}, kind=kind, spec=spec, size=size, batches=batches,
-                        build=build)
+    code = CHILD.format(kind=kind, spec=spec, size=size, batches=batches, build=build)
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join(
         p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)}
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-                 "TF_NUM_INTEROP_THREADS"):
-        env[name] = "1"
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
     for line in proc.stdout:
@@ -114,6 +109,8 @@ def main():
     now = datetime.datetime.now().isoformat(timespec="seconds")
     make_package_importable()
     core = args.core if args.core is not None else min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    limit_threads(1)  # the one core and one-thread settings, inherited by both processes
     batches = [int(b) for b in args.batch.split(",")]
     rows, log_lines = [], []
     for key in args.models.split(","):
@@ -121,8 +118,8 @@ def main():
             parser.error(f"unknown model {key!r}; choose from {', '.join(MODELS)}")
         size = MODELS[key]["size"]
         log(f"{key}: starting ours ({args.backend}) and timm {args.timm} on core {core}")
-        procs = {"ours": start("ours", key, size, batches, core, args.backend),
-                 "timm": start(args.timm, key, size, batches, core, args.backend)}
+        procs = {"ours": start("ours", key, size, batches, args.backend),
+                 "timm": start(args.timm, key, size, batches, args.backend)}
         try:
             for batch in batches:
                 ratios, ms = [], {"ours": [], "timm": []}
