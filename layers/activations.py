@@ -39,8 +39,8 @@ def _hard_swish_keeping_input(x):
         # TensorFlow's derivative of x * relu6(x + 3) / 6 (its relu6 passes the
         # gradient strictly inside (0, 6)): 0 up to -3, 1 from 3, (2x + 3) / 6
         # between. Written piecewise, one feature map is alive beside `x` at a
-        # time; as relu6(x + 3) / 6 + [inside] x / 6 a V3 small step peaked
-        # 0.17 GiB higher (docs/training_memory.md).
+        # time; as relu6(x + 3) / 6 + [inside] x / 6 a V3 small step peaked up to
+        # 0.17 GiB higher in three runs (docs/training_memory.md).
         slope = ops.where(x >= 3.0, 1.0, ops.where(x <= -3.0, 0.0, x * (1.0 / 3.0) + 0.5))
         return upstream * slope
 
