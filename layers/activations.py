@@ -5,6 +5,7 @@ from keras import ops
 
 from .fast_call import FastCall, eager_torch_inference
 from .quantization import NothingToQuantize, ReLU
+from .utils import after_upstream
 
 _PACKAGE = "keras_mobilenets"
 if keras.backend.backend() == "torch":
@@ -41,7 +42,8 @@ def _hard_swish_keeping_input(x):
         # between. Written piecewise, one feature map is alive beside `x` at a
         # time; as relu6(x + 3) / 6 + [inside] x / 6 a V3 small step peaked up to
         # 0.17 GiB higher in three runs (docs/training_memory.md).
-        slope = ops.where(x >= 3.0, 1.0, ops.where(x <= -3.0, 0.0, x * (1.0 / 3.0) + 0.5))
+        y = after_upstream(upstream, x)
+        slope = ops.where(y >= 3.0, 1.0, ops.where(y <= -3.0, 0.0, y * (1.0 / 3.0) + 0.5))
         return upstream * slope
 
     return ops.hard_silu(x), grad
@@ -87,9 +89,10 @@ def _gelu_keeping_input(x):
         # by keyword.
         if upstream is None:
             (upstream,) = args
-        cdf = 0.5 * (1.0 + ops.erf(x * _SQRT_HALF))
-        pdf = ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI
-        return upstream * (cdf + x * pdf)
+        y = after_upstream(upstream, x)
+        cdf = 0.5 * (1.0 + ops.erf(y * _SQRT_HALF))
+        pdf = ops.exp(-0.5 * ops.square(y)) * _INV_SQRT_2PI
+        return upstream * (cdf + y * pdf)
 
     return ops.gelu(x, approximate=False), grad
 

@@ -147,6 +147,11 @@ class ConvBnAct(FastCall, keras.layers.Layer):
             if self._torch_trains_fused(x) and torch.compiler.is_compiling():
                 x = self._torch_batch_norm_train(x, self.activation or "linear")
                 return x if self.aa is None else self.aa(x)
+            # TensorFlow: BatchNorm and hard-swish / GELU as one gradient that
+            # keeps one feature map less (layers.tf_batch_norm).
+            y = self.bn.fused_training(x, self.activation) if self.act is not None else None
+            if y is not None:
+                return y if self.aa is None else self.aa(y)
             x = self._batch_norm_train(x)
         elif (self.conv.quantization_mode is None and self.conv.data_format == "channels_last"
               and eager_torch_inference(x)):

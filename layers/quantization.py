@@ -28,10 +28,9 @@ if _TORCH:
 
     from . import recompute
 if keras.backend.backend() == "tensorflow":
-    from .tf_batch_norm import batch_norm_train as tf_batch_norm_train
-    from .tf_batch_norm import takes as tf_batch_norm_takes
+    from . import tf_batch_norm
 else:
-    tf_batch_norm_takes = None
+    tf_batch_norm = None
 
 
 def _stored_dtype(value):
@@ -204,17 +203,23 @@ def _batch_norm_base():
                     return ops.cast(y, self.compute_dtype)
             return super().call(inputs, training=training, mask=mask)
 
-        def fused_training(self, x):
+        def fused_training(self, x, activation=None):
             """Training-mode BatchNorm of channels-last `x` as TensorFlow's
             fused kernel (`layers.tf_batch_norm`: why), moving statistics
             updated; None where it does not apply (other backends, dtypes,
-            no scale or offset)."""
-            if (tf_batch_norm_takes is None or not tf_batch_norm_takes(x)
-                    or self.gamma is None or self.beta is None):
+            no scale or offset, an activation other than
+            `tf_batch_norm.ACTIVATIONS`). With `activation`, the output is
+            activated too, and the backward pass keeps only `x`."""
+            if (tf_batch_norm is None or not tf_batch_norm.takes(x)
+                    or self.gamma is None or self.beta is None
+                    or activation not in (None, *tf_batch_norm.ACTIVATIONS)):
                 return None
-            y, mean, variance = tf_batch_norm_train(
-                x, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"), self.epsilon
-            )
+            gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
+            if activation is None:
+                y, mean, variance = tf_batch_norm.batch_norm_train(x, gamma, beta, self.epsilon)
+            else:
+                y, mean, variance = tf_batch_norm.batch_norm_act_train(
+                    x, gamma, beta, self.epsilon, activation)
             self.update_moving_statistics(mean, variance)
             return y
 

@@ -12,11 +12,25 @@ mixed precision the kernel takes the float16 / bfloat16 map as it is and
 computes the statistics in float32, where the `keras.ops` route kept a
 float32 copy of the map for the backward pass.
 
+`batch_norm_act_train(x, gamma, beta, epsilon, activation)` is the same
+BatchNorm with hard-swish or exact GELU after it, as one gradient: its
+backward pass keeps only the BatchNorm input (and the per-channel vectors)
+and recomputes the activation's input from it with the inference kernel,
+one pass over the map. The BatchNorm and the activation separately kept
+both the BatchNorm input (its kernel's backward) and its output (the
+activation's), so every such unit kept one feature map more than timm's
+on torch (which keeps three there, as we did; our torch route already
+recomputes it: `layers.torch_batch_norm`). Measured in
+`docs/training_memory.md`.
+
 Called through `tf.raw_ops` because `tf.nn.fused_batch_norm` raises epsilon
 to at least 1.001e-5 (a cuDNN limit), which would change MobileNetV4's 1e-5.
 """
 
 import tensorflow as tf
+from keras import ops
+
+from .utils import after_upstream
 
 _DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
@@ -24,6 +38,27 @@ _DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 def takes(x):
     """Whether `x` is a TensorFlow tensor the fused kernel normalises."""
     return isinstance(x, tf.Tensor) and x.dtype in _DTYPES
+
+
+def _batch_statistics(x, mean, variance):
+    """The batch mean and the biased variance (Keras' moving variance
+    averages the biased one; the kernel returns it with Bessel's correction,
+    n / (n - 1)), without gradient."""
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+    variance = variance * tf.maximum(count - 1.0, 1.0) / count
+    return tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
+def _fused(x, gamma, beta, epsilon, mean=None, variance=None):
+    """`FusedBatchNormV3` on NHWC `x`: batch statistics without `mean` and
+    `variance`, those (inference) with them."""
+    training = mean is None
+    empty = tf.constant([], tf.float32)  # no moving statistics in training
+    return tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=gamma, offset=beta, mean=empty if training else mean,
+        variance=empty if training else variance, epsilon=epsilon,
+        exponential_avg_factor=1.0, data_format="NHWC", is_training=training,
+    )
 
 
 def batch_norm_train(x, gamma, beta, epsilon):
@@ -34,12 +69,61 @@ def batch_norm_train(x, gamma, beta, epsilon):
     moving variance averages the biased one), the two statistics without
     gradient.
     """
-    empty = tf.constant([], tf.float32)  # no moving statistics in training
-    y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-        x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=epsilon,
-        exponential_avg_factor=1.0, data_format="NHWC", is_training=True,
-    )
-    # The kernel returns the variance with Bessel's correction (n / (n - 1)).
-    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
-    variance = variance * tf.maximum(count - 1.0, 1.0) / count
-    return y, tf.stop_gradient(mean), tf.stop_gradient(variance)
+    y, mean, variance, _, _, _ = _fused(x, gamma, beta, epsilon)
+    return (y, *_batch_statistics(x, mean, variance))
+
+
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _hard_swish_slope(y):
+    # TensorFlow's derivative of y * relu6(y + 3) / 6, piecewise (one map
+    # alive beside `y` at a time: layers.activations.HardSwish).
+    one, zero = tf.ones((), y.dtype), tf.zeros((), y.dtype)
+    return tf.where(y >= 3.0, one, tf.where(y <= -3.0, zero, y * (1.0 / 3.0) + 0.5))
+
+
+def _gelu_slope(y):
+    cdf = 0.5 * (1.0 + tf.math.erf(y * _SQRT_HALF))
+    return cdf + y * (tf.exp(-0.5 * tf.square(y)) * _INV_SQRT_2PI)
+
+
+# activation name: (forward, derivative), both of the BatchNorm output; the
+# forwards are those of layers.activations' HardSwish and GELU.
+_ACTIVATIONS = {
+    "hard_swish": (ops.hard_silu, _hard_swish_slope),
+    "gelu": (lambda y: ops.gelu(y, approximate=False), _gelu_slope),
+}
+ACTIVATIONS = tuple(_ACTIVATIONS)
+
+
+def batch_norm_act_train(x, gamma, beta, epsilon, activation):
+    """`activation(batch_norm_train(x, ...))` keeping only `x` and
+    per-channel vectors for the backward pass; `activation` is one of
+    `ACTIVATIONS`. Returns the output, the batch mean and the biased batch
+    variance, as `batch_norm_train`."""
+    forward, slope = _ACTIVATIONS[activation]
+
+    @tf.custom_gradient
+    def unit(x, gamma, beta):
+        y, mean, variance, saved_mean, saved_var, reserve = _fused(x, gamma, beta, epsilon)
+        biased = _batch_statistics(x, mean, variance)[1]
+
+        def grad(upstream, *_statistics):
+            # The activation's input again: the inference kernel with the
+            # batch's statistics is the training output up to float rounding.
+            # Only once the upstream gradient exists (`after_upstream`: why).
+            y = _fused(after_upstream(upstream, x), gamma, beta, epsilon, mean, biased)[0]
+            dy = upstream * slope(y)
+            dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy, x=x, scale=gamma, reserve_space_1=saved_mean,
+                reserve_space_2=saved_var, reserve_space_3=reserve, epsilon=epsilon,
+                data_format="NHWC", is_training=True,
+            )
+            return dx, dgamma, dbeta
+
+        return (forward(y), mean, biased), grad
+
+    out, mean, variance = unit(x, gamma, beta)
+    return out, tf.stop_gradient(mean), tf.stop_gradient(variance)

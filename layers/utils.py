@@ -27,6 +27,24 @@ def declare(layer, **names):
     return layer
 
 
+def after_upstream(upstream, x):
+    """`x`, read in a custom gradient only once `upstream` exists.
+
+    TensorFlow's graph executor runs an op as soon as its inputs exist, so a
+    gradient function's work on forward tensors alone (a recomputed
+    activation, a derivative) ran during the forward pass and its results
+    were held until the backward pass reached them: feature maps kept beside
+    the ones the step meant to keep (docs/training_memory.md). Other
+    backends run the backward pass after the forward one anyway.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
+    with tf.control_dependencies([upstream]):
+        return tf.identity(x)
+
+
 def make_divisible(value, divisor=8, min_value=None, round_limit=0.9):
     """Round a channel count to a multiple of `divisor`.
 

@@ -234,12 +234,17 @@ def test_tensorflow_training_step_uses_fused_batchnorm_and_no_padded_copy():
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's own kernels")
+@pytest.mark.parametrize("activation", ["relu", "hard_swish", "gelu"])
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 3e-2), ("float16", 4e-3)])
-def test_tensorflow_fused_training_batchnorm_equals_the_keras_ops_route(monkeypatch, dtype, tolerance):
+def test_tensorflow_fused_training_batchnorm_equals_the_keras_ops_route(
+        monkeypatch, dtype, tolerance, activation):
     """The fused kernel, at each compute dtype, against the `keras.ops`
-    route it replaced on TensorFlow, in ConvBnAct and in the standalone
-    BatchNormalization (against Keras' own layer): the same output (to the
-    dtype's rounding), moving statistics and gradient."""
+    route it replaced on TensorFlow, in ConvBnAct (with an activation it
+    leaves to its layer, and the two it takes into its own gradient) and in
+    the standalone BatchNormalization (against Keras' own layer): the same
+    output (to the dtype's rounding), moving statistics and gradients."""
+    import types
+
     import tensorflow as tf
 
     from keras_mobilenets.layers import quantization
@@ -247,40 +252,51 @@ def test_tensorflow_fused_training_batchnorm_equals_the_keras_ops_route(monkeypa
     rng = np.random.default_rng(5)
     x = tf.constant(rng.normal(2.0, 3.0, (4, 8, 8, 3)).astype("float32"))
     calls = []
-    kernel = quantization.tf_batch_norm_train
-    monkeypatch.setattr(quantization, "tf_batch_norm_train",
-                        lambda *args: calls.append(args[0].dtype) or kernel(*args))
+    module = quantization.tf_batch_norm
+
+    def counted(fn, name):
+        return lambda x, *args: calls.append((name, x.dtype)) or fn(x, *args)
+
+    fused_module = types.SimpleNamespace(
+        takes=module.takes, ACTIVATIONS=module.ACTIVATIONS,
+        batch_norm_train=counted(module.batch_norm_train, "bn"),
+        batch_norm_act_train=counted(module.batch_norm_act_train, "bn_act"))
     old_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32" if dtype == "float32" else f"mixed_{dtype}")
     try:
-        units = [ConvBnAct(6, 3, activation="relu", bn_momentum=0.9) for _ in range(2)]
+        units = [ConvBnAct(6, 3, activation=activation, bn_momentum=0.9) for _ in range(2)]
         norms = [quantization.BatchNormalization(momentum=0.9),
                  keras.layers.BatchNormalization(momentum=0.9)]
     finally:
         keras.config.set_dtype_policy(old_policy)
-    takes = quantization.tf_batch_norm_takes
-    for layers_, weights in ((units, lambda u: u.conv.kernel), (norms, lambda n: n.gamma)):
+    for layers_, weights in ((units, lambda u: [u.conv.kernel, u.bn.gamma, u.bn.beta]),
+                             (norms, lambda n: [n.gamma, n.beta])):
         results = []
         for fused, layer in zip((True, False), layers_):
-            monkeypatch.setattr(quantization, "tf_batch_norm_takes", takes if fused else None)
+            monkeypatch.setattr(quantization, "tf_batch_norm", fused_module if fused else None)
             layer.build(x.shape)
             if layer in units:
                 layer.conv.set_weights([np.linspace(-1, 1, 3 * 3 * 3 * 6).reshape(3, 3, 3, 6)])
+                layer.bn.gamma.assign(np.linspace(0.5, 2.0, 6))
+                layer.bn.beta.assign(np.linspace(-1.0, 1.0, 6))
             with tf.GradientTape() as tape:
                 y = tf.cast(layer(x, training=True), "float32")
                 loss = tf.reduce_sum(y * y * tf.cos(y))
-            grad = tape.gradient(loss, weights(layer))
+            grads = tape.gradient(loss, weights(layer))
             bn = layer.bn if layer in units else layer
-            results.append((y, grad, bn.moving_mean, bn.moving_variance))
+            results.append((y, grads, bn.moving_mean, bn.moving_variance))
             assert layer.compute_dtype == dtype
-        (y, grad, mean, var), (y_ref, grad_ref, mean_ref, var_ref) = results
+        (y, grads, mean, var), (y_ref, grads_ref, mean_ref, var_ref) = results
         scale = float(tf.reduce_max(tf.abs(y_ref)))
         assert max_abs_diff(y, y_ref) < tolerance * scale
-        assert max_abs_diff(grad, grad_ref) < tolerance * float(tf.reduce_max(tf.abs(grad_ref)))
+        for grad, grad_ref in zip(grads, grads_ref, strict=True):
+            assert max_abs_diff(grad, grad_ref) < tolerance * float(tf.reduce_max(tf.abs(grad_ref)))
         assert max_abs_diff(mean, mean_ref) < 1e-4 and max_abs_diff(var, var_ref) < 1e-3
     # The fused kernel ran once in each pair, at the compute dtype (ConvBnAct
-    # normalises the convolution's output; the standalone layer its input).
-    assert calls == [tf.as_dtype(dtype), tf.as_dtype(dtype)]
+    # normalises the convolution's output; the standalone layer its input),
+    # with the activation where it takes it.
+    unit_kernel = "bn" if activation == "relu" else "bn_act"
+    assert calls == [(unit_kernel, tf.as_dtype(dtype)), ("bn", tf.as_dtype(dtype))]
 
 
 def test_stochastic_depth():

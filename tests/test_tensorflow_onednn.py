@@ -176,3 +176,57 @@ def test_inference_graph_has_bias_adds_and_no_custom_gradient():
                  for layer in model._flatten_layers())
     assert ops.count("BiasAdd") >= folded > 30, (ops.count("BiasAdd"), folded)
     assert "IdentityN" not in ops
+
+
+@pytest.mark.parametrize("activation", ["hard_swish", "gelu"])
+def test_training_batchnorm_and_activation_keep_one_map_less(activation, monkeypatch):
+    """A training step through units of convolution, BatchNorm and
+    hard-swish / GELU holds one feature map per unit less at its peak (oneDNN
+    allocator's own count) with the two as one gradient
+    (`layers/tf_batch_norm.py`) than with BatchNorm's fused kernel and the
+    activation layer's gradient: it keeps only the BatchNorm input, and
+    recomputes the activation's input only in the backward pass (run as soon
+    as its inputs existed, the recomputation held a map per unit as well)."""
+    import types
+
+    import tensorflow as tf
+
+    from keras_mobilenets.layers import ConvBnAct, quantization
+
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        tf.config.experimental.get_memory_info("CPU:0")
+    except (ValueError, RuntimeError) as exc:
+        pytest.skip(f"this TensorFlow's CPU allocator keeps no statistics ({exc})")
+    module = quantization.tf_batch_norm
+    separate = types.SimpleNamespace(
+        takes=module.takes, ACTIVATIONS=(), batch_norm_train=module.batch_norm_train,
+        batch_norm_act_train=module.batch_norm_act_train)
+    x = tf.random.normal((8, 64, 64, 32), seed=1)
+    map_bytes = 8 * 64 * 64 * 32 * 4
+    units_count = 6
+    peaks, grads = {}, {}
+    for name, fused in (("one gradient", module), ("separate", separate)):
+        monkeypatch.setattr(quantization, "tf_batch_norm", fused)
+        keras.utils.set_random_seed(0)
+        units = [ConvBnAct(32, 3, activation=activation) for _ in range(units_count)]
+
+        @tf.function
+        def step(x, units=units):
+            with tf.GradientTape() as tape:
+                y = x
+                for unit in units:
+                    y = unit(y, training=True)
+                loss = tf.reduce_sum(y * y)
+            return tape.gradient(loss, [u.conv.kernel for u in units])
+
+        step(x)  # traced and built; the peak below is of a second step
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        grads[name] = step(x)
+        peaks[name] = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+    saved = (peaks["separate"] - peaks["one gradient"]) / map_bytes
+    assert saved >= units_count - 2, (peaks, saved)
+    for a, b in zip(grads["one gradient"], grads["separate"], strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
+                                   atol=1e-4 * float(tf.reduce_max(tf.abs(b))))
