@@ -15,7 +15,7 @@ _TORCH = keras.backend.backend() == "torch"
 if _TORCH:
     import torch
 
-    from .torch_batch_norm import batch_norm_act
+    from .torch_batch_norm import RECOMPUTED, batch_norm_act
 
 _PACKAGE = "keras_mobilenets"
 
@@ -144,7 +144,8 @@ class ConvBnAct(FastCall, keras.layers.Layer):
             x = self.bn(self.conv(x))
         elif training and self.bn.trainable:
             x = self.conv(x)
-            if self._torch_trains_fused(x) and torch.compiler.is_compiling():
+            if self._torch_trains_fused(x) and (torch.compiler.is_compiling()
+                                                or self.activation in RECOMPUTED):
                 x = self._torch_batch_norm_train(x, self.activation or "linear")
                 return x if self.aa is None else self.aa(x)
             # TensorFlow: BatchNorm and hard-swish / GELU as one gradient that
@@ -203,12 +204,16 @@ class ConvBnAct(FastCall, keras.layers.Layer):
 
     def _torch_batch_norm_train(self, x, activation="linear"):
         """Training-mode BatchNorm as torch's fused kernel, forward and
-        backward, then `activation` (given only under torch.compile). Keras'
+        backward, then `activation` (given under torch.compile, and eagerly
+        for `torch_batch_norm.RECOMPUTED`). Keras'
         ops compute it in several passes over the feature map, each backward
         pass keeping its own full-size temporaries (time and memory measured
         in `benchmarks/README.md`). Under torch.compile BatchNorm and the
         activation are one operator of ours, opaque to Inductor
-        (`layers.torch_batch_norm`: why). Eagerly the kernel is called
+        (`layers.torch_batch_norm`: why); eagerly too where the operator
+        recomputes the activation's input (hard-swish, GELU: one feature map
+        per unit less; V3 large at batch 32 peaked 1.58 against 1.79 GB, the
+        step as fast). Otherwise eagerly the kernel is called
         directly: the operator's Python autograd made an eager V4
         conv_medium step at batch 32 slower (1.70-1.80 against 1.58-1.60 s)
         and its peak 0.2-0.4 GB higher with the same tensors saved. torch's
@@ -217,7 +222,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         batch mean and `1 / sqrt(var + eps)` the kernel returns."""
         bn = self.bn
         nchw = x.permute(0, 3, 1, 2)
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or activation != "linear":
             y, mean, invstd = batch_norm_act(nchw, bn.gamma.value, bn.beta.value, bn.epsilon,
                                              activation)
         else:

@@ -15,11 +15,14 @@ another memory layout. An operator is opaque to Inductor: compiled training
 runs torch's own kernels, as eager training does (measured in
 `docs/torch_backend.md`).
 
-`ConvBnAct` uses it under torch.compile only; eagerly it calls torch's
-BatchNorm directly (an operator's Python autograd costs time and memory
-there: measured in `ConvBnAct._torch_batch_norm_train`). The backward pass
-keeps the BatchNorm input, and the output for ReLU / ReLU6 (whose masks it
-gives); hard-swish and GELU recompute their input from the BatchNorm input.
+The backward pass keeps the BatchNorm input, and the output for ReLU /
+ReLU6 (whose masks it gives); hard-swish and GELU recompute their input
+from the BatchNorm input, one feature map per unit fewer than torch's
+BatchNorm and activation called in turn keep (and timm's). `ConvBnAct`
+uses it under torch.compile, and eagerly for those activations
+(`RECOMPUTED`); eagerly for the others it calls torch's BatchNorm directly:
+there the operator's Python autograd costs time and memory with nothing
+to save (measured in `ConvBnAct._torch_batch_norm_train`).
 """
 
 import torch
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 ACTIVATIONS = ("linear", "relu", "relu6", "hard_swish", "gelu", "gelu_tanh")
 _KEEPS_OUTPUT = ("relu", "relu6")
+RECOMPUTED = ("hard_swish", "gelu", "gelu_tanh")  # their input, in the backward pass
 
 
 def _like(value, reference):

@@ -384,6 +384,48 @@ def test_training_batch_norm_and_activation_as_one_operator(activation, size):
         assert saved < reference_saved
 
 
+@pytest.mark.parametrize("activation", ["hard_swish", "gelu"])
+def test_eager_training_unit_keeps_no_batch_norm_output(activation):
+    """An eager training call of `ConvBnAct` with hard-swish or GELU runs
+    BatchNorm and the activation as one operator (`layers.torch_batch_norm`):
+    the backward pass keeps the convolution's input and output, not also the
+    BatchNorm's output (the activation's input, recomputed), and the output
+    and gradients are torch's convolution, BatchNorm and activation."""
+    import torch
+    import torch.nn.functional as F
+
+    from keras_mobilenets.layers import ConvBnAct
+
+    rng = np.random.default_rng(3)
+    unit = ConvBnAct(6, 3, activation=activation)
+    unit.build((2, 8, 8, 4))
+    unit.bn.gamma.assign(rng.normal(1.0, 0.5, 6))
+    unit.bn.beta.assign(rng.normal(0.5, 0.5, 6))
+    x0 = rng.normal(1.0, 2.0, (2, 8, 8, 4)).astype("float32")
+    g = torch.as_tensor(rng.normal(size=(2, 8, 8, 6)).astype("float32"))
+    x = torch.tensor(x0, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t,
+                                                  lambda t: t):
+        y = unit(x, training=True)
+    (y * g).sum().backward()
+    feature_map, kernel = 2 * 8 * 8 * 6, unit.conv.kernel.value
+    assert sum(saved) < x.numel() + kernel.numel() + 1.5 * feature_map, saved
+
+    xr = torch.tensor(x0, requires_grad=True)
+    weight = kernel.detach().clone().permute(3, 2, 0, 1).requires_grad_(True)
+    act = F.hardswish if activation == "hard_swish" else F.gelu
+    z = F.batch_norm(F.conv2d(xr.permute(0, 3, 1, 2), weight, padding=1), None, None,
+                     unit.bn.gamma.value.detach(), unit.bn.beta.value.detach(), True, 0.0,
+                     unit.bn.epsilon)
+    yr = act(z).permute(0, 2, 3, 1)
+    (yr * g).sum().backward()
+    np.testing.assert_allclose(to_numpy(y.detach()), to_numpy(yr.detach()), rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(to_numpy(x.grad), to_numpy(xr.grad), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(kernel.grad), to_numpy(weight.grad.permute(2, 3, 1, 0)),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_compiled_training_step_matches_the_eager_one():
     """`train_on_batch` with `jit_compile=True` (the model's own compiled
     train function, with Inductor's layout optimisation): two steps give the
