@@ -67,13 +67,13 @@ def images(spec, batch, seed):
     return rng.uniform(low, high, (batch, size, size, 3)).astype("float32")
 
 
-def build_ours(spec, weights=None):
+def build_ours(spec, weights=None, **kwargs):
     import importlib
 
     module = importlib.import_module(spec["module"])
     size = spec["size"]
     return getattr(module, spec["factory"])(
-        **spec["kwargs"], input_shape=(size, size, 3), weights=weights)
+        **spec["kwargs"], input_shape=(size, size, 3), weights=weights, **kwargs)
 
 
 def export_tensorflow(keys, workdir):
@@ -192,6 +192,11 @@ def export_torch(keys, workdir):
                               verbose=False)
         if scale is not None:  # for the litert-torch phase
             extra.update(rescale_scale=scale, rescale_offset=offset)
+            # ours without the Rescaling, fed normalised images as timm's export is
+            raw = build_ours(spec, weights=str(checkpoint), include_preprocessing=False)
+            extra["x_raw"] = x * scale + offset
+            extra["ours_torch_raw"] = keras.ops.convert_to_numpy(raw(extra["x_raw"], training=False))
+            raw.export(str(workdir / f"{key}.ours_torch_raw.onnx"), format="onnx", verbose=False)
         np.savez(workdir / f"{key}.torch.npz", x=x, timm=expected, ours_torch=got,
                  timm_same_input=expected_same, **extra)
         os.remove(checkpoint)
@@ -433,12 +438,14 @@ def measure(keys, workdir, rounds):
         files.update(ours_tf=workdir / f"{key}.ours_tf.onnx", timm=workdir / f"{key}.timm.onnx",
                      timm_same_input=workdir / f"{key}.timm_same_input.onnx",
                      ours_torch=workdir / f"{key}.ours_torch.onnx",
-                     ours_torch_keras=workdir / f"{key}.ours_torch_keras.onnx")
+                     ours_torch_keras=workdir / f"{key}.ours_torch_keras.onnx",
+                     ours_torch_raw=workdir / f"{key}.ours_torch_raw.onnx")
         files = {n: p for n, p in files.items() if p.exists()}
         expected = {"keras_tf": tf_out.get("keras_tf"), "ours_tf": tf_out["ours_tf"],
                     "timm": torch_out["timm"], "ours_torch": torch_out["ours_torch"],
                     "timm_same_input": torch_out.get("timm_same_input"),
-                    "ours_torch_keras": torch_out.get("ours_torch_keras")}
+                    "ours_torch_keras": torch_out.get("ours_torch_keras"),
+                    "ours_torch_raw": torch_out.get("ours_torch_raw")}
         for batch in (1, 32):
             x = np.repeat(tf_out["x"], batch, axis=0)
             optimized = {n: workdir / f"{p.stem}.ort.onnx" for n, p in files.items()}
@@ -446,8 +453,9 @@ def measure(keys, workdir, rounds):
                        for n, p in files.items()}
             source = {"keras_tf": tf_out, "ours_tf": tf_out, "timm": torch_out,
                       "timm_same_input": torch_out, "ours_torch": torch_out,
-                      "ours_torch_keras": torch_out}
-            diffs = {n: float(np.abs(run(np.repeat(source[n]["x"], batch, axis=0))[:1]
+                      "ours_torch_keras": torch_out, "ours_torch_raw": torch_out}
+            x_key = {"ours_torch_raw": "x_raw"}  # normalised images; the others take x
+            diffs = {n: float(np.abs(run(np.repeat(source[n][x_key.get(n, "x")], batch, axis=0))[:1]
                                      - expected[n]).max()) for n, run in runners.items()}
             log(f"onnx {key} batch {batch}")
             per_call = time_files(runners, x, rounds)
@@ -456,7 +464,8 @@ def measure(keys, workdir, rounds):
                      "ours_tf/keras_tf": ("ours_tf", "keras_tf"),
                      "ours_torch_keras/keras_tf": ("ours_torch_keras", "keras_tf"),
                      "ours_torch/timm_same_input": ("ours_torch", "timm_same_input"),
-                     "ours_tf/timm_same_input": ("ours_tf", "timm_same_input")}
+                     "ours_tf/timm_same_input": ("ours_tf", "timm_same_input"),
+                     "ours_torch_raw/timm": ("ours_torch_raw", "timm")}
             ratios = {k: ratio(per_call, a, b) for k, (a, b) in pairs.items()
                       if a in per_call and b in per_call}
             results.append(dict(
@@ -524,6 +533,16 @@ def render(results, command):
             f"| {r['model']} | {r['batch']} | {ms['timm_same_input']:.2f} | "
             f"{fmt_ratio(ra.get('ours_torch/timm_same_input'))} | "
             f"{fmt_ratio(ra.get('ours_tf/timm_same_input'))} |")
+    lines += ["", "Ours built with `include_preprocessing=False` (V3: normalised images in, "
+              "channels-last, as timm's export takes normalised NCHW ones prepared outside the "
+              "timed call), exported from torch, against timm:", "",
+              "| model | batch | timm ms | ours, no preprocessing ms | ours, no preprocessing / timm |",
+              "|---|---:|---:|---:|---:|"]
+    for r in (r for r in results if r["runtime"] == "onnx" and "ours_torch_raw" in r["ms"]):
+        ms, ra = r["ms"], r["ratios"]
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {ms['timm']:.2f} | {ms['ours_torch_raw']:.2f} | "
+            f"{fmt_ratio(ra.get('ours_torch_raw/timm'))} |")
     lines += ["", "## Op counts", "",
               "`.tflite` operators (float32 and int8); ONNX nodes after onnxruntime's "
               "graph optimisation.", "", "| model | graph | ops |", "|---|---|---|"]
