@@ -129,9 +129,11 @@ def tensorflow_in_use_gb(impl):
     import tensorflow as tf
 
     try:
-        return tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**30
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
     except ValueError:  # the default CPU allocator keeps no statistics
         return None
+    # oneDNN with the system allocator (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1) answers 0
+    return peak / 2**30 if peak else None
 
 
 def run_one(impl, key, args):
