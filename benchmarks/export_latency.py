@@ -483,6 +483,18 @@ def fmt_ratio(r):
     return f"**{r[0]:.2f}** ({r[1]:.2f}-{r[2]:.2f})" if r else "-"
 
 
+def onnx_table(results, needs, intro, header, cells):
+    """Lines of a table of the ONNX results that have file `needs`: model,
+    batch, then `cells(ms, ratios)` under `header`."""
+    lines = ["", intro, "", "| model | batch | " + " | ".join(header) + " |",
+             "|---|---:|" + "---:|" * len(header)]
+    for r in results:
+        if r["runtime"] == "onnx" and needs in r["ms"]:
+            cells_text = " | ".join(cells(r["ms"], r["ratios"]))
+            lines.append(f"| {r['model']} | {r['batch']} | {cells_text} |")
+    return lines
+
+
 def render(results, command):
     nan = float("nan")
     lines = ["# Exported-model latency", "", f"Command: `{command}`", "",
@@ -513,36 +525,30 @@ def render(results, command):
             f"{ms.get('ours_tf', nan):.2f} | {fmt_ratio(ra.get('ours_tf/keras_tf'))} | "
             f"{ms.get('timm', nan):.2f} | {ms.get('ours_torch', nan):.2f} | "
             f"{fmt_ratio(ra.get('ours_torch/timm'))} | {fmt_ratio(ra.get('ours_tf/timm'))} |")
-    lines += ["", "Ours exported from torch with keras.applications' weights and padding "
-              "(TensorFlow SAME), against keras.applications' ONNX (from TensorFlow):", "",
-              "| model | batch | keras.apps (TF) ms | ours (torch) ms | ours (torch) / keras.apps |",
-              "|---|---:|---:|---:|---:|"]
-    for r in (r for r in results if r["runtime"] == "onnx" and "ours_torch_keras" in r["ms"]):
-        ms, ra = r["ms"], r["ratios"]
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {ms.get('keras_tf', nan):.2f} | "
-            f"{ms['ours_torch_keras']:.2f} | {fmt_ratio(ra.get('ours_torch_keras/keras_tf'))} |")
-    lines += ["", "timm with our input contract (`same_input_model`: channels-last images, for V3 our "
-              "Rescaling's multiply-add, both inside the graph as in ours; the table above gives "
-              "timm its NCHW, normalised input prepared outside the timed call):", "",
-              "| model | batch | timm same input ms | ours (torch) / timm same input | "
-              "ours (TF) / timm same input |", "|---|---:|---:|---:|---:|"]
-    for r in (r for r in results if r["runtime"] == "onnx" and "timm_same_input" in r["ms"]):
-        ms, ra = r["ms"], r["ratios"]
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {ms['timm_same_input']:.2f} | "
-            f"{fmt_ratio(ra.get('ours_torch/timm_same_input'))} | "
-            f"{fmt_ratio(ra.get('ours_tf/timm_same_input'))} |")
-    lines += ["", "Ours built with `include_preprocessing=False` (V3: normalised images in, "
-              "channels-last, as timm's export takes normalised NCHW ones prepared outside the "
-              "timed call), exported from torch, against timm:", "",
-              "| model | batch | timm ms | ours, no preprocessing ms | ours, no preprocessing / timm |",
-              "|---|---:|---:|---:|---:|"]
-    for r in (r for r in results if r["runtime"] == "onnx" and "ours_torch_raw" in r["ms"]):
-        ms, ra = r["ms"], r["ratios"]
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {ms['timm']:.2f} | {ms['ours_torch_raw']:.2f} | "
-            f"{fmt_ratio(ra.get('ours_torch_raw/timm'))} |")
+    lines += onnx_table(
+        results, "ours_torch_keras",
+        "Ours exported from torch with keras.applications' weights and padding (TensorFlow SAME), "
+        "against keras.applications' ONNX (from TensorFlow):",
+        ["keras.apps (TF) ms", "ours (torch) ms", "ours (torch) / keras.apps"],
+        lambda ms, ra: [f"{ms.get('keras_tf', nan):.2f}", f"{ms['ours_torch_keras']:.2f}",
+                        fmt_ratio(ra.get("ours_torch_keras/keras_tf"))])
+    lines += onnx_table(
+        results, "timm_same_input",
+        "timm with our input contract (`same_input_model`: channels-last images, for V3 our "
+        "Rescaling's multiply-add, both inside the graph as in ours; the table above gives "
+        "timm its NCHW, normalised input prepared outside the timed call):",
+        ["timm same input ms", "ours (torch) / timm same input", "ours (TF) / timm same input"],
+        lambda ms, ra: [f"{ms['timm_same_input']:.2f}",
+                        fmt_ratio(ra.get("ours_torch/timm_same_input")),
+                        fmt_ratio(ra.get("ours_tf/timm_same_input"))])
+    lines += onnx_table(
+        results, "ours_torch_raw",
+        "Ours built with `include_preprocessing=False` (V3: normalised images in, channels-last, "
+        "as timm's export takes normalised NCHW ones prepared outside the timed call), exported "
+        "from torch, against timm:",
+        ["timm ms", "ours, no preprocessing ms", "ours, no preprocessing / timm"],
+        lambda ms, ra: [f"{ms['timm']:.2f}", f"{ms['ours_torch_raw']:.2f}",
+                        fmt_ratio(ra.get("ours_torch_raw/timm"))])
     lines += ["", "## Op counts", "",
               "`.tflite` operators (float32 and int8); ONNX nodes after onnxruntime's "
               "graph optimisation.", "", "| model | graph | ops |", "|---|---|---|"]
