@@ -18,7 +18,8 @@ timed in the same process, alternating (see `time_files`):
   with our input contract (channels-last images, V3's rescaling in the
   graph), which is what a timm user deploying for our input would run; and
   ours from torch with keras.applications' weights and padding against
-  keras.applications' ONNX.
+  keras.applications' ONNX; and V3 built with `include_preprocessing=False`
+  (normalised images in, as timm's export takes them) against timm's.
 
 Op counts per graph (`.tflite` operators; ONNX nodes after onnxruntime's own
 graph optimisation, which is what runs) say where the time goes.
@@ -28,7 +29,8 @@ Usage:
     python benchmarks/export_latency.py --out benchmarks/export_latency.md
 
 Export runs in one subprocess per backend (`--phase export-tensorflow`,
-`--phase export-torch`); the timing needs neither Keras nor torch.
+`--phase export-torch`); the timing needs neither Keras nor torch. The
+report is written by `export_report.py`.
 """
 
 import argparse
@@ -48,6 +50,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from common import MODELS, log  # noqa: E402
+from export_report import render  # noqa: E402
 
 DEFAULT_MODELS = ["v1", "v2", "v3_large", "v3_small", "v4_conv_small", "v4_conv_medium",
                   "v4_hybrid_medium"]
@@ -360,16 +363,6 @@ def ratio(per_call, name, reference):
 
 # ------------------------------------------------------------------ op counts
 
-WATCHED = {
-    "tflite": ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "PAD", "TRANSPOSE",
-               "RESHAPE", "MEAN", "AVERAGE_POOL_2D", "HARD_SWISH", "MUL", "ADD", "QUANTIZE",
-               "DEQUANTIZE"),
-    "onnx": ("Conv", "FusedConv", "QLinearConv", "Gemm", "MatMul", "Pad", "Transpose",
-             "Reshape", "GlobalAveragePool", "ReduceMean", "HardSwish", "HardSigmoid", "Mul",
-             "Add"),
-}
-
-
 def tflite_ops(path):
     from ai_edge_litert import schema_py_generated as schema
 
@@ -389,12 +382,6 @@ def onnx_ops(path):
 
     model = onnx.load(str(path), load_external_data=False)
     return collections.Counter(node.op_type for node in model.graph.node)
-
-
-def ops_text(counts, kind):
-    shown = [f"{name} {counts[name]}" for name in WATCHED[kind] if counts.get(name)]
-    rest = sum(n for name, n in counts.items() if name not in WATCHED[kind])
-    return f"{sum(counts.values())}: " + ", ".join(shown) + (f", other {rest}" if rest else "")
 
 
 # ------------------------------------------------------------------ timing
@@ -474,96 +461,6 @@ def measure(keys, workdir, rounds):
                 max_abs_diff=diffs,
                 ops={n: onnx_ops(p) for n, p in optimized.items()} if batch == 1 else {}))
     return results
-
-
-# ------------------------------------------------------------------ report
-
-
-def fmt_ratio(r):
-    return f"**{r[0]:.2f}** ({r[1]:.2f}-{r[2]:.2f})" if r else "-"
-
-
-def onnx_table(results, needs, intro, header, cells):
-    """Lines of a table of the ONNX results that have file `needs`: model,
-    batch, then `cells(ms, ratios)` under `header`."""
-    lines = ["", intro, "", "| model | batch | " + " | ".join(header) + " |",
-             "|---|---:|" + "---:|" * len(header)]
-    for r in results:
-        if r["runtime"] == "onnx" and needs in r["ms"]:
-            cells_text = " | ".join(cells(r["ms"], r["ratios"]))
-            lines.append(f"| {r['model']} | {r['batch']} | {cells_text} |")
-    return lines
-
-
-def render(results, command):
-    nan = float("nan")
-    lines = ["# Exported-model latency", "", f"Command: `{command}`", "",
-             "Median milliseconds per call; ratios are medians of per-round ratios "
-             "(min-max across rounds), < 1 means ours is faster.", "",
-             "## LiteRT (ai_edge_litert, XNNPACK, batch 1)", "",
-             "timm: litert-torch's conversion (`--litert-torch-python`; int8 through its PT2E "
-             "quantizer), given its NCHW input; timm same input: behind our input contract, as "
-             "for ONNX below.", "",
-             "| model | precision | threads | keras.apps ms | ours ms | ours / keras.apps | "
-             "timm ms | ours / timm | ours / timm same input |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in (r for r in results if r["runtime"] == "litert"):
-        ms, ra = r["ms"], r["ratios"]
-        lines.append(
-            f"| {r['model']} | {r['precision']} | {r['threads']} | "
-            f"{ms.get('keras_tf', nan):.2f} | {ms['ours_tf']:.2f} | "
-            f"{fmt_ratio(ra.get('ours_tf/keras_tf'))} | {ms.get('timm', nan):.2f} | "
-            f"{fmt_ratio(ra.get('ours_tf/timm'))} | {fmt_ratio(ra.get('ours_tf/timm_same_input'))} |")
-    lines += ["", "## ONNX (onnxruntime, 1 thread)", "",
-              "| model | batch | keras.apps (TF) ms | ours (TF) ms | ours (TF) / keras.apps | "
-              "timm ms | ours (torch) ms | ours (torch) / timm | ours (TF) / timm |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in (r for r in results if r["runtime"] == "onnx"):
-        ms, ra = r["ms"], r["ratios"]
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {ms.get('keras_tf', float('nan')):.2f} | "
-            f"{ms.get('ours_tf', nan):.2f} | {fmt_ratio(ra.get('ours_tf/keras_tf'))} | "
-            f"{ms.get('timm', nan):.2f} | {ms.get('ours_torch', nan):.2f} | "
-            f"{fmt_ratio(ra.get('ours_torch/timm'))} | {fmt_ratio(ra.get('ours_tf/timm'))} |")
-    lines += onnx_table(
-        results, "ours_torch_keras",
-        "Ours exported from torch with keras.applications' weights and padding (TensorFlow SAME), "
-        "against keras.applications' ONNX (from TensorFlow):",
-        ["keras.apps (TF) ms", "ours (torch) ms", "ours (torch) / keras.apps"],
-        lambda ms, ra: [f"{ms.get('keras_tf', nan):.2f}", f"{ms['ours_torch_keras']:.2f}",
-                        fmt_ratio(ra.get("ours_torch_keras/keras_tf"))])
-    lines += onnx_table(
-        results, "timm_same_input",
-        "timm with our input contract (`same_input_model`: channels-last images, for V3 our "
-        "Rescaling's multiply-add, both inside the graph as in ours; the table above gives "
-        "timm its NCHW, normalised input prepared outside the timed call):",
-        ["timm same input ms", "ours (torch) / timm same input", "ours (TF) / timm same input"],
-        lambda ms, ra: [f"{ms['timm_same_input']:.2f}",
-                        fmt_ratio(ra.get("ours_torch/timm_same_input")),
-                        fmt_ratio(ra.get("ours_tf/timm_same_input"))])
-    lines += onnx_table(
-        results, "ours_torch_raw",
-        "Ours built with `include_preprocessing=False` (V3: normalised images in, channels-last, "
-        "as timm's export takes normalised NCHW ones prepared outside the timed call), exported "
-        "from torch, against timm:",
-        ["timm ms", "ours, no preprocessing ms", "ours, no preprocessing / timm"],
-        lambda ms, ra: [f"{ms['timm']:.2f}", f"{ms['ours_torch_raw']:.2f}",
-                        fmt_ratio(ra.get("ours_torch_raw/timm"))])
-    lines += ["", "## Op counts", "",
-              "`.tflite` operators (float32 and int8); ONNX nodes after onnxruntime's "
-              "graph optimisation.", "", "| model | graph | ops |", "|---|---|---|"]
-    for r in results:
-        kind = "tflite" if r["runtime"] == "litert" else "onnx"
-        for name, counts in r["ops"].items():
-            graph = f"{name} {r['precision']} {'.tflite' if kind == 'tflite' else '.onnx'}"
-            lines.append(f"| {r['model']} | {graph} | {ops_text(counts, kind)} |")
-    lines += ["", "## Outputs against Keras (max abs difference, batch 1)", "",
-              "| model | runtime | precision | files |", "|---|---|---|---|"]
-    for r in results:
-        if r["threads"] == 1 and r["batch"] == 1:
-            text = ", ".join(f"{n} {d:.2g}" for n, d in r["max_abs_diff"].items())
-            lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {text} |")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
