@@ -5,7 +5,7 @@ from keras import ops
 
 from .fast_call import FastCall, eager_torch_inference
 from .quantization import NothingToQuantize, ReLU
-from .utils import after_upstream
+from .utils import after_upstream, gelu_slope, hard_swish_slope
 
 _PACKAGE = "keras_mobilenets"
 if keras.backend.backend() == "torch":
@@ -37,14 +37,7 @@ def _hard_swish_keeping_input(x):
     def grad(*args, upstream=None):
         if upstream is None:  # TensorFlow passes it positionally
             (upstream,) = args
-        # TensorFlow's derivative of x * relu6(x + 3) / 6 (its relu6 passes the
-        # gradient strictly inside (0, 6)): 0 up to -3, 1 from 3, (2x + 3) / 6
-        # between. Written piecewise, one feature map is alive beside `x` at a
-        # time; as relu6(x + 3) / 6 + [inside] x / 6 a V3 small step peaked up to
-        # 0.17 GiB higher in three runs (docs/training_memory.md).
-        y = after_upstream(upstream, x)
-        slope = ops.where(y >= 3.0, 1.0, ops.where(y <= -3.0, 0.0, y * (1.0 / 3.0) + 0.5))
-        return upstream * slope
+        return upstream * hard_swish_slope(after_upstream(upstream, x))
 
     return ops.hard_silu(x), grad
 
@@ -78,10 +71,6 @@ class HardSwish(FastCall, NothingToQuantize, keras.layers.Layer):
         return input_shape
 
 
-_SQRT_HALF = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
-
-
 @ops.custom_gradient
 def _gelu_keeping_input(x):
     def grad(*args, upstream=None):
@@ -89,10 +78,7 @@ def _gelu_keeping_input(x):
         # by keyword.
         if upstream is None:
             (upstream,) = args
-        y = after_upstream(upstream, x)
-        cdf = 0.5 * (1.0 + ops.erf(y * _SQRT_HALF))
-        pdf = ops.exp(-0.5 * ops.square(y)) * _INV_SQRT_2PI
-        return upstream * (cdf + y * pdf)
+        return upstream * gelu_slope(after_upstream(upstream, x))
 
     return ops.gelu(x, approximate=False), grad
 

@@ -30,7 +30,7 @@ to at least 1.001e-5 (a cuDNN limit), which would change MobileNetV4's 1e-5.
 import tensorflow as tf
 from keras import ops
 
-from .utils import after_upstream
+from .utils import after_upstream, gelu_slope, hard_swish_slope
 
 _DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
@@ -73,27 +73,11 @@ def batch_norm_train(x, gamma, beta, epsilon):
     return (y, *_batch_statistics(x, mean, variance))
 
 
-_SQRT_HALF = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
-
-
-def _hard_swish_slope(y):
-    # TensorFlow's derivative of y * relu6(y + 3) / 6, piecewise (one map
-    # alive beside `y` at a time: layers.activations.HardSwish).
-    one, zero = tf.ones((), y.dtype), tf.zeros((), y.dtype)
-    return tf.where(y >= 3.0, one, tf.where(y <= -3.0, zero, y * (1.0 / 3.0) + 0.5))
-
-
-def _gelu_slope(y):
-    cdf = 0.5 * (1.0 + tf.math.erf(y * _SQRT_HALF))
-    return cdf + y * (tf.exp(-0.5 * tf.square(y)) * _INV_SQRT_2PI)
-
-
 # activation name: (forward, derivative), both of the BatchNorm output; the
 # forwards are those of layers.activations' HardSwish and GELU.
 _ACTIVATIONS = {
-    "hard_swish": (ops.hard_silu, _hard_swish_slope),
-    "gelu": (lambda y: ops.gelu(y, approximate=False), _gelu_slope),
+    "hard_swish": (ops.hard_silu, hard_swish_slope),
+    "gelu": (lambda y: ops.gelu(y, approximate=False), gelu_slope),
 }
 ACTIVATIONS = tuple(_ACTIVATIONS)
 

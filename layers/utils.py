@@ -27,6 +27,27 @@ def declare(layer, **names):
     return layer
 
 
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def hard_swish_slope(x):
+    """The derivative of hard swish `x * relu6(x + 3) / 6` at `x`, as
+    TensorFlow's (its relu6 passes the gradient strictly inside (0, 6)): 0 up
+    to -3, 1 from 3, (2x + 3) / 6 between. Written piecewise, one feature map
+    is alive beside `x` at a time; as relu6(x + 3) / 6 + [inside] x / 6 a V3
+    small step peaked up to 0.17 GiB higher in three runs
+    (docs/training_memory.md)."""
+    return ops.where(x >= 3.0, 1.0, ops.where(x <= -3.0, 0.0, x * (1.0 / 3.0) + 0.5))
+
+
+def gelu_slope(x):
+    """The derivative of exact GELU at `x`, `Phi(x) + x * phi(x)`."""
+    cdf = 0.5 * (1.0 + ops.erf(x * _SQRT_HALF))
+    pdf = ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI
+    return cdf + x * pdf
+
+
 def after_upstream(upstream, x):
     """`x`, read in a custom gradient only once `upstream` exists.
 
