@@ -225,6 +225,8 @@ def test_training_batchnorm_and_activation_keep_one_map_less(activation, monkeyp
         before = tf.config.experimental.get_memory_info("CPU:0")["current"]
         grads[name] = step(x)
         peaks[name] = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+    if not peaks["separate"]:  # oneDNN with the system allocator answers 0
+        pytest.skip("this TensorFlow's CPU allocator counts nothing")
     saved = (peaks["separate"] - peaks["one gradient"]) / map_bytes
     assert saved >= units_count - 2, (peaks, saved)
     for a, b in zip(grads["one gradient"], grads["separate"], strict=True):
