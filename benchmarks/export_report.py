@@ -22,9 +22,9 @@ def fmt_ratio(r):
 
 
 def onnx_table(results, needs, intro, header, cells):
-    """Lines of a table of the ONNX results that have file `needs`: model,
-    batch, then `cells(ms, ratios)` under `header`."""
-    rows = [r for r in results if r["runtime"] == "onnx" and needs in r["ms"]]
+    """Lines of a table of the ONNX results that have file `needs` (all of
+    them for None): model, batch, then `cells(ms, ratios)` under `header`."""
+    rows = [r for r in results if r["runtime"] == "onnx" and (needs is None or needs in r["ms"])]
     if not rows:  # an older run without that file
         return []
     lines = ["", intro, "", "| model | batch | " + " | ".join(header) + " |",
@@ -53,17 +53,14 @@ def render(results, command):
             f"{ms.get('keras_tf', nan):.2f} | {ms['ours_tf']:.2f} | "
             f"{fmt_ratio(ra.get('ours_tf/keras_tf'))} | {ms.get('timm', nan):.2f} | "
             f"{fmt_ratio(ra.get('ours_tf/timm'))} | {fmt_ratio(ra.get('ours_tf/timm_same_input'))} |")
-    lines += ["", "## ONNX (onnxruntime, 1 thread)", "",
-              "| model | batch | keras.apps (TF) ms | ours (TF) ms | ours (TF) / keras.apps | "
-              "timm ms | ours (torch) ms | ours (torch) / timm | ours (TF) / timm |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in (r for r in results if r["runtime"] == "onnx"):
-        ms, ra = r["ms"], r["ratios"]
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {ms.get('keras_tf', float('nan')):.2f} | "
-            f"{ms.get('ours_tf', nan):.2f} | {fmt_ratio(ra.get('ours_tf/keras_tf'))} | "
-            f"{ms.get('timm', nan):.2f} | {ms.get('ours_torch', nan):.2f} | "
-            f"{fmt_ratio(ra.get('ours_torch/timm'))} | {fmt_ratio(ra.get('ours_tf/timm'))} |")
+    lines += onnx_table(
+        results, None, "## ONNX (onnxruntime, 1 thread)",
+        ["keras.apps (TF) ms", "ours (TF) ms", "ours (TF) / keras.apps", "timm ms",
+         "ours (torch) ms", "ours (torch) / timm", "ours (TF) / timm"],
+        lambda ms, ra: [f"{ms.get('keras_tf', nan):.2f}", f"{ms.get('ours_tf', nan):.2f}",
+                        fmt_ratio(ra.get("ours_tf/keras_tf")), f"{ms.get('timm', nan):.2f}",
+                        f"{ms.get('ours_torch', nan):.2f}", fmt_ratio(ra.get("ours_torch/timm")),
+                        fmt_ratio(ra.get("ours_tf/timm"))])
     lines += onnx_table(
         results, "ours_torch_keras",
         "Ours exported from torch with keras.applications' weights and padding (TensorFlow SAME), "
