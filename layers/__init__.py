@@ -8,7 +8,7 @@ from .activations import (
     get_activation,
 )
 from .conv import Conv
-from .conv_bn_act import ConvBnAct
+from .conv_bn_act import ConvBnAct, keep_activations
 from .depthwise_conv import DepthwiseConv
 from .depthwise_separable import DepthwiseSeparableConv
 from .fused_inverted_bottleneck import FusedInvertedBottleneck
@@ -45,5 +45,6 @@ __all__ = [
     "UniversalInvertedBottleneck",
     "declare",
     "get_activation",
+    "keep_activations",
     "make_divisible",
 ]

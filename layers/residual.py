@@ -2,7 +2,7 @@
 
 import keras
 
-from .conv_bn_act import ConvBnAct
+from .conv_bn_act import ConvBnAct, run_units
 from .fast_call import FastCall
 from .layer_scale import LayerScale
 from .normalization import check_norm
@@ -152,8 +152,7 @@ class ResidualBlock(FastCall, keras.layers.Layer):
 
     def call(self, x, training=None):
         shortcut = x
-        for layer in self._sequence:
-            x = layer(x, training=training)
+        x = run_units(self._sequence, x, training)
         return self.finish(x, shortcut, training)
 
     def build_skip(self, input_shape, output_channels, strides):

@@ -23,6 +23,13 @@ on torch (which keeps three there, as we did; our torch route already
 recomputes it: `layers.torch_batch_norm`). Measured in
 `docs/training_memory.md`.
 
+`batch_norm_act_conv_train(x, ..., activation, conv, weights)` goes one
+layer further: the next convolution of the activated map too, so that its
+backward pass keeps only `x` where the BatchNorm, the activation and the
+next convolution kept `x` and the activated map (the convolution's input,
+which ReLU's own backward reads too). Blocks chain their units this way
+(`layers.conv_bn_act.run_units`); timm on torch keeps both maps.
+
 Called through `tf.raw_ops` because `tf.nn.fused_batch_norm` raises epsilon
 to at least 1.001e-5 (a cuDNN limit), which would change MobileNetV4's 1e-5.
 """
@@ -81,6 +88,29 @@ _ACTIVATIONS = {
 }
 ACTIVATIONS = tuple(_ACTIVATIONS)
 
+# activation name: (forward, backward(upstream, input)) for
+# batch_norm_act_conv_train; None: no activation. ReLU's backward is its own
+# kernel, one pass where a 0 / 1 mask times the gradient was three.
+_CHAINED = {
+    **{name: (forward, lambda d, y, slope=slope: d * slope(y))
+       for name, (forward, slope) in _ACTIVATIONS.items()},
+    None: (lambda y: y, lambda d, y: d),
+    "relu": (tf.nn.relu, lambda d, y: tf.raw_ops.ReluGrad(gradients=d, features=y)),
+    "relu6": (tf.nn.relu6, lambda d, y: tf.raw_ops.Relu6Grad(gradients=d, features=y)),
+}
+CHAINED = tuple(_CHAINED)
+
+
+def _one_pass(forward):
+    @tf.function(jit_compile=True, autograph=False)
+    def recompute(x, scale, shift):
+        return tf.cast(forward(tf.cast(x, tf.float32) * scale + shift), x.dtype)
+
+    return recompute
+
+
+_ONE_PASS = {name: _one_pass(_CHAINED[name][0]) for name in (None, "relu", "relu6")}
+
 
 def batch_norm_act_train(x, gamma, beta, epsilon, activation):
     """`activation(batch_norm_train(x, ...))` keeping only `x` and
@@ -110,4 +140,47 @@ def batch_norm_act_train(x, gamma, beta, epsilon, activation):
         return (forward(y), mean, biased), grad
 
     out, mean, variance = unit(x, gamma, beta)
+    return out, tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
+def batch_norm_act_conv_train(x, gamma, beta, epsilon, activation, conv, weights):
+    """`conv(activation(batch_norm_train(x, ...)), *weights)` keeping only `x`,
+    `weights` and per-channel vectors for the backward pass; `activation` is
+    one of `CHAINED`, `conv(inputs, *weights)` a convolution. Returns the
+    convolution's output, the batch mean and the biased batch variance, as
+    `batch_norm_train`."""
+    forward, backward = _CHAINED[activation]
+
+    @tf.custom_gradient
+    def unit(x, gamma, beta, *weights):
+        y, mean, variance, saved_mean, saved_var, reserve = _fused(x, gamma, beta, epsilon)
+        biased = _batch_statistics(x, mean, variance)[1]
+
+        def grad(upstream, *_statistics):
+            if activation in _ONE_PASS:
+                # y is not needed: ReLU's backward reads its output as well.
+                scale = gamma * tf.math.rsqrt(biased + epsilon)
+                inputs = y = _ONE_PASS[activation](
+                    after_upstream(upstream, x), scale, beta - mean * scale)
+            else:
+                y = _fused(after_upstream(upstream, x), gamma, beta, epsilon, mean, biased)[0]
+                inputs = forward(y)
+            # The convolution's gradients read its input and weights, not its
+            # output: the recomputed forward convolution is never run.
+            with tf.GradientTape() as tape:
+                tape.watch([inputs, *weights])
+                outputs = conv(inputs, *weights)
+            d_inputs, *d_weights = tape.gradient(
+                outputs, [inputs, *weights], output_gradients=upstream)
+            dy = backward(d_inputs, y)
+            dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy, x=x, scale=gamma, reserve_space_1=saved_mean,
+                reserve_space_2=saved_var, reserve_space_3=reserve, epsilon=epsilon,
+                data_format="NHWC", is_training=True,
+            )
+            return (dx, dgamma, dbeta, *d_weights)
+
+        return (conv(forward(y), *weights), mean, biased), grad
+
+    out, mean, variance = unit(x, gamma, beta, *weights)
     return out, tf.stop_gradient(mean), tf.stop_gradient(variance)
