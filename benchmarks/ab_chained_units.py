@@ -1,6 +1,6 @@
-"""TensorFlow training step with and without chained units, alternating.
+"""Training step with and without chained units, alternating (TensorFlow, JAX).
 
-`layers.conv_bn_act.run_units` computes, in training on TensorFlow, a unit's
+`layers.conv_bn_act.run_units` computes, in training on TensorFlow and JAX, a unit's
 BatchNorm and activation in one gradient with the next unit's convolution,
 recomputing the activated map in the backward pass instead of keeping it
 (memory: `train_memory.py`). This prints what that costs in step time: one
@@ -9,6 +9,7 @@ model, two `train_on_batch` functions traced with the chaining on and off
 alternating A/B in one process.
 
     python benchmarks/ab_chained_units.py --models v4_conv_small v3_small --batch 32
+    KERAS_BACKEND=jax python benchmarks/ab_chained_units.py --models v2
 """
 
 import argparse
@@ -63,7 +64,9 @@ def main(argv=None):
     parser.add_argument("--pairs", type=int, default=7, help="A/B pairs timed per model")
     args = parser.parse_args(argv)
     make_package_importable()
-    print(f"`python benchmarks/ab_chained_units.py {' '.join(argv or sys.argv[1:])}`\n")
+    backend = os.environ["KERAS_BACKEND"]
+    print(f"`KERAS_BACKEND={backend} python benchmarks/ab_chained_units.py "
+          f"{' '.join(argv or sys.argv[1:])}`\n")
     print("| model | batch | chained s | plain s | chained / plain, median (range) |")
     print("|---|---:|---:|---:|---:|")
     for key in args.models:

@@ -72,7 +72,7 @@ class HardSwish(FastCall, NothingToQuantize, keras.layers.Layer):
 
 
 @ops.custom_gradient
-def _gelu_keeping_input(x):
+def gelu_keeping_input(x):
     def grad(*args, upstream=None):
         # TensorFlow and JAX pass the upstream gradient positionally, torch
         # by keyword.
@@ -110,7 +110,7 @@ class GELU(FastCall, NothingToQuantize, keras.layers.Layer):
             return ops.gelu(x, approximate=True)
         if keras.backend.backend() == "torch":
             return ops.gelu(x, approximate=False)
-        return _gelu_keeping_input(x)
+        return gelu_keeping_input(x)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -19,9 +19,13 @@ if _TORCH:
 
     from .torch_batch_norm import RECOMPUTED, batch_norm_act
 
-tf_batch_norm = None
+# The backend's BatchNorm + activation + next convolution as one gradient
+# (`ConvBnAct.conv_after`); torch has none (eagerly timm's peak already).
+chained_units = None
 if keras.backend.backend() == "tensorflow":
-    from . import tf_batch_norm
+    from . import tf_batch_norm as chained_units
+elif keras.backend.backend() == "jax":
+    from . import jax_batch_norm as chained_units
 
 _PACKAGE = "keras_mobilenets"
 
@@ -64,8 +68,8 @@ class ConvBnAct(FastCall, keras.layers.Layer):
             `layers.utils.declare`).
     """
 
-    # Training on TensorFlow: recompute the activated map for the next unit's
-    # convolution (`run_units`); `keep_activations` switches it off.
+    # Training on TensorFlow and JAX: recompute the activated map for the next
+    # unit's convolution (`run_units`); `keep_activations` switches it off.
     recompute_activation = True
 
     def __init__(
@@ -190,28 +194,29 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         return x if self.aa is None else self.aa(x)
 
     def chains_into(self, following, x):
-        """Whether, training on TensorFlow, this unit's BatchNorm and
+        """Whether, training on TensorFlow or JAX, this unit's BatchNorm and
         activation of its convolution output `x` can be one gradient with
         `following`'s convolution (`conv_after`)."""
         bn = self.bn
-        return (tf_batch_norm is not None and self.recompute_activation
+        return (chained_units is not None and self.recompute_activation
                 and isinstance(following, ConvBnAct)
                 and bn is not None and self.norm_type == "batch" and bn.trainable
                 and bn.gamma is not None and bn.beta is not None and self.aa is None
-                and self.activation in tf_batch_norm.CHAINED and tf_batch_norm.takes(x)
+                and self.activation in chained_units.CHAINED and chained_units.takes(x)
                 and following.conv.quantization_mode is None
                 and following.conv.data_format == "channels_last")
 
     def conv_after(self, previous, x):
         """This unit's convolution of `previous`'s training BatchNorm and
         activation of `x` (`previous`'s convolution output), as one gradient
-        that keeps only `x` (`tf_batch_norm.batch_norm_act_conv_train`);
+        that keeps only `x` (`batch_norm_act_conv_train` of
+        `layers.tf_batch_norm` / `layers.jax_batch_norm`);
         `previous.chains_into(self, x)` must hold."""
         bn = previous.bn
         weights = [ops.cast(self.conv.kernel, x.dtype)]
         if self.conv.use_bias:
             weights.append(ops.cast(self.conv.bias, x.dtype))
-        z, mean, variance = tf_batch_norm.batch_norm_act_conv_train(
+        z, mean, variance = chained_units.batch_norm_act_conv_train(
             x, ops.cast(bn.gamma, "float32"), ops.cast(bn.beta, "float32"), bn.epsilon,
             previous.activation, self.conv.convolution_op, weights)
         bn.update_moving_statistics(mean, variance)
@@ -395,7 +400,7 @@ class ConvBnAct(FastCall, keras.layers.Layer):
 def run_units(layers, x, training=None):
     """Call `layers` one after the other on `x`.
 
-    Training on TensorFlow, a `ConvBnAct` directly followed by another has
+    Training on TensorFlow and JAX, a `ConvBnAct` directly followed by another has
     its BatchNorm and activation computed in one gradient with the next
     one's convolution (`ConvBnAct.conv_after`): the activated map between
     them is not kept for the backward pass but recomputed there, one
@@ -417,11 +422,12 @@ def run_units(layers, x, training=None):
 
 @contextlib.contextmanager
 def keep_activations(model, enabled=True):
-    """Train `model` on TensorFlow keeping every activated map for the backward
-    pass (`run_units`), as the layers one by one do: 2-11% faster steps, at
-    25-40% more tensor memory (`docs/training_memory.md`). It takes effect
-    where the training step is traced, so call `fit` (or the first
-    `train_on_batch`) inside."""
+    """Train `model` keeping every activated map for the backward pass, as
+    the layers called one by one do, instead of recomputing it
+    (`run_units`). On TensorFlow that made batch-32 steps 2-11% faster at
+    22-58% more tensor memory; on JAX the step took as long either way
+    (`docs/training_memory.md`). It takes effect where the training step is
+    traced, so call `fit` (or the first `train_on_batch`) inside."""
     units = [layer for layer in model._flatten_layers(include_self=True, recursive=True)
              if enabled and isinstance(layer, ConvBnAct)]
     for unit in units:
