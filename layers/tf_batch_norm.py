@@ -99,14 +99,24 @@ _CHAINED = {
 CHAINED = tuple(_CHAINED)
 
 
+# Maps of at least this many elements per image are rebuilt by XLA (`_rebuild`).
+_XLA_MIN_ELEMENTS = 2**18
+
+
+def _reads_output(activation):
+    return _CHAINED[activation][1] in (None, tf.raw_ops.ReluGrad, tf.raw_ops.Relu6Grad)
+
+
 def _rebuild(activation):
     """The backward pass's `(activated map, what its backward reads)` from the
     BatchNorm input and the per-channel `scale`, `shift` of the batch, as one
     XLA-compiled pass over the map: as TensorFlow's own ops, the BatchNorm
     and the activation were two passes and a derivative several more (V2's
-    step 1.14x against 1.09x the plain one, one run each)."""
+    step 1.14x against 1.09x the plain one, one run each). XLA's compiler
+    costs the process memory once (V3 small's peak 0.71-0.74 against
+    0.66-0.67 GB), so only large maps take this route."""
     forward, derivative = _CHAINED[activation]
-    reads_output = derivative in (None, tf.raw_ops.ReluGrad, tf.raw_ops.Relu6Grad)
+    reads_output = _reads_output(activation)
 
     @tf.function(jit_compile=True, autograph=False)
     def rebuild(x, scale, shift):
@@ -166,8 +176,14 @@ def batch_norm_act_conv_train(x, gamma, beta, epsilon, activation, conv, weights
         biased = _batch_statistics(x, mean, variance)[1]
 
         def grad(upstream, *_statistics):
-            scale = gamma * tf.math.rsqrt(biased + epsilon)
-            inputs, read = rebuild(after_upstream(upstream, x), scale, beta - mean * scale)
+            x_again = after_upstream(upstream, x)
+            if (x.shape[1:].num_elements() or 0) >= _XLA_MIN_ELEMENTS:
+                scale = gamma * tf.math.rsqrt(biased + epsilon)
+                inputs, read = rebuild(x_again, scale, beta - mean * scale)
+            else:  # the inference kernel with the batch's statistics
+                y = _fused(x_again, gamma, beta, epsilon, mean, biased)[0]
+                inputs = forward(y)
+                read = inputs if _reads_output(activation) else derivative(y)
             # The convolution's gradients read its input and weights, not its
             # output: the recomputed forward convolution is never run.
             with tf.GradientTape() as tape:

@@ -104,12 +104,16 @@ def _compare(chained, plain, rtol, low_precision=False):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("rebuild", ["kernel", "xla"] if BACKEND == "tensorflow" else ["jax"])
 @pytest.mark.parametrize("dtype,rtol", [("float32", 1e-4), ("mixed_bfloat16", 6e-2)])
 @pytest.mark.parametrize("activation", [None, "relu", "relu6", "hard_swish", "gelu"])
-def test_chained_units_match_the_plain_sequence(activation, dtype, rtol, monkeypatch):
+def test_chained_units_match_the_plain_sequence(activation, dtype, rtol, rebuild, monkeypatch):
     """Outputs, the gradients of the input and of every weight, and the
     moving statistics equal those of the units called one by one; three
-    pairs went through the one gradient."""
+    pairs went through the one gradient. On TensorFlow the activated map is
+    rebuilt by the inference kernel (small maps) or by XLA (large ones)."""
+    if rebuild == "xla":
+        monkeypatch.setattr(conv_bn_act.chained_units, "_XLA_MIN_ELEMENTS", 0)
     # Mixed precision as users set it: the global policy (sub-layers too).
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(dtype)
@@ -153,7 +157,7 @@ def test_block_in_training_matches_its_units_called_one_by_one(monkeypatch):
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
 def test_chained_units_keep_one_map_less_per_unit(activation):
     """A training step through ReLU units holds about one feature map per
-    unit less at its peak (TensorFlow's allocator count) than the units
+    chained pair less at its peak (TensorFlow's allocator count) than the units
     called one by one: the activated map is not kept for the next
     convolution's kernel gradient, which ReLU's own gradient read too."""
     import tensorflow as tf
@@ -185,7 +189,8 @@ def test_chained_units_keep_one_map_less_per_unit(activation):
     if not peaks["_plain"]:  # oneDNN with the system allocator answers 0
         pytest.skip("this TensorFlow's CPU allocator counts nothing")
     saved = (peaks["_plain"] - peaks["run_units"]) / map_bytes
-    assert saved >= units_count - 2, (peaks, saved)
+    # Five chained pairs: 4.0-6.25 maps saved in six runs; 0 unchained.
+    assert saved >= units_count - 3, (peaks, saved)
 
 
 def test_keep_activations_switches_the_chaining_off_inside_only(monkeypatch):
