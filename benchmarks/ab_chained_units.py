@@ -21,25 +21,14 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import MODELS, keras_build_code, make_package_importable  # noqa: E402
+from common import MODELS, compiled_model_and_batch, make_package_importable  # noqa: E402
 
 
 def step_functions(key, batch, size):
     """The model and its two traced train functions (chained, plain)."""
-    import keras
-    import numpy as np
-
     from keras_mobilenets.layers import conv_bn_act
 
-    spec = MODELS[key]
-    size = size or spec["size"]
-    namespace = {}
-    exec(keras_build_code(spec, "ours", (size, size, 3)), namespace)
-    model = namespace["build"]()
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
-    y = rng.integers(0, 1000, batch)
+    model, x, y = compiled_model_and_batch(MODELS[key], batch, size)
     functions = {}
     for route in ("chained", "plain"):
         with conv_bn_act.keep_activations(model, enabled=route == "plain"):
@@ -53,7 +42,7 @@ def step_functions(key, batch, size):
         model.train_on_batch(x, y)
         return time.perf_counter() - start
 
-    return run, size
+    return run, x.shape[1]
 
 
 def main(argv=None):

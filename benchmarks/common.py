@@ -99,6 +99,27 @@ def keras_build_code(spec, impl, input_shape):
             f"input_shape={input_shape!r}, weights=None)")
 
 
+def compiled_model_and_batch(spec, batch, size=None, scope=None):
+    """Our model of `spec` at `size` (default: its own), built inside `scope`
+    (a context manager, e.g. `keras.RematScope`) if given and compiled with
+    SGD, and a random batch of images and labels for it."""
+    import contextlib
+
+    import keras
+    import numpy as np
+
+    size = size or spec["size"]
+    namespace = {}
+    exec(keras_build_code(spec, "ours", (size, size, 3)), namespace)
+    with scope or contextlib.nullcontext():
+        model = namespace["build"]()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    y = rng.integers(0, 1000, batch)
+    return model, x, y
+
+
 def make_package_importable():
     """Let the workers import `keras_mobilenets` from a bare checkout (a GPU
     machine where nothing can be installed): the repository root is that

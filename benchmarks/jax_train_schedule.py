@@ -20,27 +20,17 @@ import time
 
 os.environ["KERAS_BACKEND"] = "jax"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import MODELS, REPO_ROOT, keras_build_code  # noqa: E402
+from common import MODELS, REPO_ROOT, compiled_model_and_batch  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
 
 
 def measure(key, batch, rounds):
     import jax
-    import keras
-    import numpy as np
 
     from keras_mobilenets.layers import compile_memory
 
-    spec = MODELS[key]
-    size = spec["size"]
-    namespace = {}
-    exec(keras_build_code(spec, "ours", (size, size, 3)), namespace)
-    model = namespace["build"]()
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
-    y = rng.integers(0, 1000, batch)
+    model, x, y = compiled_model_and_batch(MODELS[key], batch)
     model.train_on_batch(x[:2], y[:2])  # builds the optimizer's state
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                  optimizer_variables=True, metrics_variables=True)

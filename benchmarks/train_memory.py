@@ -25,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import KERAS_BACKENDS, MODELS, REPO_ROOT, keras_build_code  # noqa: E402
+from common import KERAS_BACKENDS, MODELS, REPO_ROOT, compiled_model_and_batch  # noqa: E402
 
 IMPLS = KERAS_BACKENDS + ("timm",)
 
@@ -46,19 +46,8 @@ def keras_steps(spec, batch, remat):
     import keras
     import numpy as np
 
-    size = spec["size"]
-    namespace = {}
-    exec(keras_build_code(spec, "ours", (size, size, 3)), namespace)
     scope = keras.RematScope(mode="full") if remat else None
-    if scope is not None:
-        with scope:
-            model = namespace["build"]()
-    else:
-        model = namespace["build"]()
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
-    y = rng.integers(0, 1000, batch)
+    model, x, y = compiled_model_and_batch(spec, batch, scope=scope)
     return model, lambda: float(np.asarray(model.train_on_batch(x, y)))
 
 
