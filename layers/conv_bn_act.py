@@ -195,8 +195,9 @@ class ConvBnAct(FastCall, keras.layers.Layer):
 
     def chains_into(self, following, x):
         """Whether, training on TensorFlow or JAX, this unit's BatchNorm and
-        activation of its convolution output `x` can be one gradient with
-        `following`'s convolution (`conv_after`)."""
+        activation can be one gradient with `following`'s convolution
+        (`conv_after`); `x` is this unit's input (its type and dtype are
+        read)."""
         bn = self.bn
         return (chained_units is not None and self.recompute_activation
                 and isinstance(following, ConvBnAct)

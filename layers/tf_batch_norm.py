@@ -89,7 +89,8 @@ _ACTIVATIONS = {
 ACTIVATIONS = tuple(_ACTIVATIONS)
 
 # activation name: (forward, derivative) for batch_norm_act_conv_train; None:
-# no activation. ReLU's and ReLU6's backward is their own kernel on the output.
+# no activation. ReLU's and ReLU6's backward is their own kernel reading the
+# activated map (`_READS_OUTPUT`).
 _CHAINED = {
     **_ACTIVATIONS,
     None: (lambda y: y, None),
@@ -103,8 +104,7 @@ CHAINED = tuple(_CHAINED)
 _XLA_MIN_ELEMENTS = 2**18
 
 
-def _reads_output(activation):
-    return _CHAINED[activation][1] in (None, tf.raw_ops.ReluGrad, tf.raw_ops.Relu6Grad)
+_READS_OUTPUT = (None, "relu", "relu6")
 
 
 def _rebuild(activation):
@@ -116,7 +116,7 @@ def _rebuild(activation):
     costs the process memory once (V3 small's peak 0.71-0.74 against
     0.66-0.67 GB), so only large maps take this route."""
     forward, derivative = _CHAINED[activation]
-    reads_output = _reads_output(activation)
+    reads_output = activation in _READS_OUTPUT
 
     @tf.function(jit_compile=True, autograph=False)
     def rebuild(x, scale, shift):
@@ -183,7 +183,7 @@ def batch_norm_act_conv_train(x, gamma, beta, epsilon, activation, conv, weights
             else:  # the inference kernel with the batch's statistics
                 y = _fused(x_again, gamma, beta, epsilon, mean, biased)[0]
                 inputs = forward(y)
-                read = inputs if _reads_output(activation) else derivative(y)
+                read = inputs if activation in _READS_OUTPUT else derivative(y)
             # The convolution's gradients read its input and weights, not its
             # output: the recomputed forward convolution is never run.
             with tf.GradientTape() as tape:
@@ -193,7 +193,7 @@ def batch_norm_act_conv_train(x, gamma, beta, epsilon, activation, conv, weights
                 outputs, [inputs, *weights], output_gradients=upstream)
             if derivative is None:
                 dy = d_inputs
-            elif activation in ("relu", "relu6"):
+            elif activation in _READS_OUTPUT:
                 dy = derivative(gradients=d_inputs, features=read)
             else:
                 dy = d_inputs * read
