@@ -11,7 +11,13 @@ from .conv import Conv
 from .depthwise_conv import DepthwiseConv
 from .fast_call import FastCall, eager_torch_inference, kept
 from .normalization import check_norm, get_norm
-from .utils import check_padding, declare, torch_conv_nhwc, torch_conv_weight
+from .utils import (
+    batch_norm_scale_shift,
+    check_padding,
+    declare,
+    torch_conv_nhwc,
+    torch_conv_weight,
+)
 
 _TORCH = keras.backend.backend() == "torch"
 if _TORCH:
@@ -246,8 +252,8 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         x32 = ops.cast(x, "float32")
         mean, variance = ops.moments(x32, axes=[0, 1, 2])
         bn.update_moving_statistics(mean, variance)
-        a = ops.cast(bn.gamma, "float32") * ops.rsqrt(variance + bn.epsilon)
-        b = ops.cast(bn.beta, "float32") - mean * a
+        a, b = batch_norm_scale_shift(ops.cast(bn.gamma, "float32"),
+                                      ops.cast(bn.beta, "float32"), mean, variance, bn.epsilon)
         return ops.cast(x32 * a + b, x.dtype)
 
     def _torch_trains_fused(self, x):
@@ -336,8 +342,8 @@ class ConvBnAct(FastCall, keras.layers.Layer):
         shift`, per channel, in float32."""
         bn, conv = self.bn, self.conv
         f32 = lambda v: ops.cast(v, "float32")  # noqa: E731
-        scale = f32(bn.gamma) * ops.rsqrt(f32(bn.moving_variance) + bn.epsilon)
-        shift = f32(bn.beta) - f32(bn.moving_mean) * scale
+        scale, shift = batch_norm_scale_shift(f32(bn.gamma), f32(bn.beta), f32(bn.moving_mean),
+                                              f32(bn.moving_variance), bn.epsilon)
         if conv.use_bias:
             shift = shift + f32(conv.bias) * scale
         return scale, shift

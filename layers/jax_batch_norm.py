@@ -18,6 +18,7 @@ import jax
 from keras import ops
 
 from .activations import gelu_keeping_input
+from .utils import batch_norm_scale_shift
 
 # activation name (None: none) -> what layers.activations' layer computes in
 # training on JAX (GELU's derivative is its own).
@@ -44,8 +45,8 @@ def batch_norm_act_conv_train(x, gamma, beta, epsilon, activation, conv, weights
     mean, variance = ops.moments(x32, axes=[0, 1, 2])
 
     def unit(x, mean, variance, gamma, beta, *weights):
-        scale = gamma * ops.rsqrt(variance + epsilon)
-        y = ops.cast(ops.cast(x, "float32") * scale + (beta - mean * scale), x.dtype)
+        scale, shift = batch_norm_scale_shift(gamma, beta, mean, variance, epsilon)
+        y = ops.cast(ops.cast(x, "float32") * scale + shift, x.dtype)
         return conv(forward(y), *weights)
 
     out = jax.checkpoint(unit)(x, mean, variance, gamma, beta, *weights)

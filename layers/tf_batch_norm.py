@@ -37,7 +37,7 @@ to at least 1.001e-5 (a cuDNN limit), which would change MobileNetV4's 1e-5.
 import tensorflow as tf
 from keras import ops
 
-from .utils import after_upstream, gelu_slope, hard_swish_slope
+from .utils import after_upstream, batch_norm_scale_shift, gelu_slope, hard_swish_slope
 
 _DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
@@ -178,8 +178,8 @@ def batch_norm_act_conv_train(x, gamma, beta, epsilon, activation, conv, weights
         def grad(upstream, *_statistics):
             x_again = after_upstream(upstream, x)
             if (x.shape[1:].num_elements() or 0) >= _XLA_MIN_ELEMENTS:
-                scale = gamma * tf.math.rsqrt(biased + epsilon)
-                inputs, read = rebuild(x_again, scale, beta - mean * scale)
+                scale, shift = batch_norm_scale_shift(gamma, beta, mean, biased, epsilon)
+                inputs, read = rebuild(x_again, scale, shift)
             else:  # the inference kernel with the batch's statistics
                 y = _fused(x_again, gamma, beta, epsilon, mean, biased)[0]
                 inputs = forward(y)

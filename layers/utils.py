@@ -48,6 +48,13 @@ def gelu_slope(x):
     return cdf + x * pdf
 
 
+def batch_norm_scale_shift(gamma, beta, mean, variance, epsilon):
+    """BatchNorm with these (float32, per-channel) statistics as
+    `x * scale + shift`; returns `(scale, shift)`."""
+    scale = gamma * ops.rsqrt(variance + epsilon)
+    return scale, beta - mean * scale
+
+
 def after_upstream(upstream, x):
     """`x`, read in a custom gradient only once `upstream` exists.
 
