@@ -35,6 +35,32 @@ def _shifted_sum(xp, kernel, out_hw, strides):
     return out
 
 
+def _input_gradient(upstream, kernel, rows_cols, strides):
+    """The input gradient of `_shifted_sum`, in padded coordinates viewed as
+    (n, rows, sh, cols, sw, c): tap (i, j) sends its product to phase
+    (i % sh, j % sw) at offset (i // sh, j // sw), so each phase is one
+    shifted sum of the padded upstream gradient over its own taps, which XLA
+    fuses into one pass (at stride 1, one phase: the flipped kernel's)."""
+    (kh, kw, _), (rows, cols), (sh, sw) = kernel.shape, rows_cols, strides
+    ph, pw = (kh - 1) // sh, (kw - 1) // sw
+    padded = ops.pad(upstream, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+    phase_rows = []
+    for a in range(sh):
+        phase_cols = []
+        for b in range(sw):
+            dx = None
+            for i in range(a, kh, sh):
+                for j in range(b, kw, sw):
+                    top, left = ph - i // sh, pw - j // sw
+                    tap = padded[:, top : top + rows, left : left + cols, :] * kernel[i, j]
+                    dx = tap if dx is None else dx + tap
+            if dx is None:  # a phase no tap reaches (kernel smaller than the stride)
+                dx = ops.zeros_like(padded[:, :rows, :cols, :])
+            phase_cols.append(dx)
+        phase_rows.append(ops.stack(phase_cols, axis=3))
+    return ops.stack(phase_rows, axis=2)
+
+
 def _shift_depthwise(x, kernel, pads, out_hw, strides):
     """`_shifted_sum` of `x` padded by `pads`, with a hand-written backward pass.
 
@@ -42,9 +68,9 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
     materialise one input-sized product per tap for the kernel gradient (25
     of them for a 5x5 kernel). Here the backward pass keeps only `x` and
     loops over the taps with `ops.fori_loop`, so each tap's kernel gradient
-    (and at stride 2 its input-gradient contribution) is one fused pass; at
-    stride 1 the input gradient is one shifted sum of its own (the memory
-    and time saved are measured in `benchmarks/README.md`).
+    is one fused pass; the input gradient is one shifted sum per stride
+    phase (`_input_gradient`; the memory and time saved are measured in
+    `benchmarks/README.md`).
     Needs static spatial sizes (always the case under JAX).
     """
     (kh, kw, channels), (out_h, out_w), (sh, sw) = kernel.shape, out_hw, strides
@@ -71,28 +97,11 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
                 return ops.slice_update(d_kernel, [t, 0], d_tap)
 
             d_kernel = ops.zeros((kh * kw, channels), x.dtype)
-            if (sh, sw) == (1, 1):
-                # The input gradient is the shifted sum of the padded upstream
-                # gradient with the flipped kernel: one fused pass, and the
-                # loop carries only the kernel gradient (an input-sized
-                # carry costs XLA more memory).
-                padded = ops.pad(upstream, [[0, 0], [kh - 1, kh - 1], [kw - 1, kw - 1], [0, 0]])
-                dx = _shifted_sum(padded, ops.flip(kernel, axis=(0, 1)), (rows, cols), (1, 1))
-                d_kernel = ops.fori_loop(0, kh * kw, kernel_step, d_kernel)
-            else:
-                taps = ops.reshape(kernel, (kh * kw, channels))
-                part = (n, out_h, 1, out_w, 1, channels)
-
-                def tap_step(t, grads):
-                    dx, d_kernel = grads
-                    i, j = t // kw, t % kw
-                    start = [0, i // sh, i % sh, j // sw, j % sw, 0]
-                    d_x = ops.reshape(upstream * ops.slice(taps, [t, 0], [1, channels]), part)
-                    return (ops.slice_update(dx, start, ops.slice(dx, start, part) + d_x),
-                            kernel_step(t, d_kernel))
-
-                dx = ops.zeros((n, rows, sh, cols, sw, channels), x.dtype)
-                dx, d_kernel = ops.fori_loop(0, kh * kw, tap_step, (dx, d_kernel))
+            # Outside the loop, which carries only the kernel gradient: an
+            # input-sized carry costs XLA more memory, and XLA:CPU's older
+            # kernel emitters run its in-place updates at half speed.
+            dx = _input_gradient(upstream, kernel, (rows, cols), strides)
+            d_kernel = ops.fori_loop(0, kh * kw, kernel_step, d_kernel)
             dxp = ops.reshape(dx, (n, rows * sh, cols * sw, channels))
             height, width = x.shape[1], x.shape[2]
             top, left = (0, 0) if pads is None else (pads[1][0], pads[2][0])
