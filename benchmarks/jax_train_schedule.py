@@ -1,15 +1,20 @@
-"""JAX training step: XLA:CPU's default scheduler against the memory-optimising one.
+"""JAX training step: the library's XLA:CPU compile options against a baseline.
 
-The library's train function on JAX compiles the step with
-`xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`
-(`keras_mobilenets.layers.compile_memory`). This compiles the same step of
-one model both ways, in one process: Keras' own `jax.jit(model.train_step)`
-and the library's, prints XLA's memory analysis of each (temporaries: the
-activations and gradients a step holds at its peak) and times them
-alternating, round by round. Peak resident memory per process is
-`train_memory.py`'s.
+The library's train function on JAX compiles the step with XLA:CPU's
+memory-optimising scheduler and its elemental kernel emitters
+(`keras_mobilenets.layers.compile_memory.cpu_compiler_options`). This
+compiles the same step of one model ours and the baseline's way, in one
+process: `--against keras`, Keras' own `jax.jit(model.train_step)`;
+`--against fusion-emitters`, ours with XLA:CPU's MLIR fusion emitters (its
+default). It prints XLA's memory analysis of each (temporaries: the
+activations and gradients a step holds at its peak), how far the resident
+memory rose while each compiled (ours first, from a trimmed heap; the
+second compile may reuse what the first freed, which favours the
+baseline) and times the two alternating, round by round. Peak resident
+memory per process is `train_memory.py`'s.
 
     python benchmarks/jax_train_schedule.py --models v3_small v4_conv_small --rounds 7
+    python benchmarks/jax_train_schedule.py --against fusion-emitters --rounds 9
 """
 
 import argparse
@@ -25,7 +30,39 @@ from common import MODELS, REPO_ROOT, compiled_model_and_batch  # noqa: E402
 sys.path.insert(0, str(REPO_ROOT))
 
 
-def measure(key, batch, rounds):
+AGAINST = {
+    "keras": "Keras' own `jax.jit(model.train_step)`",
+    "fusion-emitters": "ours with XLA:CPU's MLIR fusion emitters",
+}
+
+
+def rss_gb(field="VmRSS:"):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def compile_peak(lowered):
+    """The compiled step, and how far the resident memory rose while XLA
+    compiled it (GB; NaN where the peak cannot be reset)."""
+    from keras_mobilenets.layers import compile_memory
+
+    trim = compile_memory._malloc_trim()
+    if trim is not None:
+        trim(0)
+    start = rss_gb()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak (VmHWM) to the current resident memory
+    except OSError:
+        return lowered.compile(), float("nan")
+    compiled = lowered.compile()
+    return compiled, rss_gb("VmHWM:") - start
+
+
+def measure(key, batch, rounds, against):
     import jax
 
     from keras_mobilenets.layers import compile_memory
@@ -35,24 +72,24 @@ def measure(key, batch, rounds):
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                  optimizer_variables=True, metrics_variables=True)
     data = (x, y, None)
+    ours = compile_memory.cpu_compiler_options()
+    baseline = {"keras": None, "fusion-emitters": {**ours, "xla_cpu_use_fusion_emitters": True}}
     # Not donating the state, so that both run on the same arrays turn by turn.
-    steps = {
-        "default": jax.jit(model.train_step),
-        "memory": jax.jit(model.train_step, compiler_options=compile_memory.cpu_compiler_options()),
-    }
-    compiled, temp = {}, {}
+    steps = {"ours": jax.jit(model.train_step, compiler_options=ours),
+             "baseline": jax.jit(model.train_step, compiler_options=baseline[against])}
+    compiled, temp, peak = {}, {}, {}
     for name, step in steps.items():
-        compiled[name] = step.lower(state, data).compile()
+        compiled[name], peak[name] = compile_peak(step.lower(state, data))
         temp[name] = compiled[name].memory_analysis().temp_size_in_bytes / 1e9
         jax.block_until_ready(compiled[name](state, data))
     times = {name: [] for name in compiled}
-    for _ in range(rounds):
-        for name, fn in compiled.items():
+    for i in range(rounds):
+        for name in (("ours", "baseline") if i % 2 else ("baseline", "ours")):
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(state, data))
+            jax.block_until_ready(compiled[name](state, data))
             times[name].append(time.perf_counter() - t0)
-    ratios = [m / d for m, d in zip(times["memory"], times["default"])]
-    return temp, {k: statistics.median(v) for k, v in times.items()}, ratios
+    ratios = [m / d for m, d in zip(times["ours"], times["baseline"])]
+    return temp, peak, {k: statistics.median(v) for k, v in times.items()}, ratios
 
 
 def main(argv=None):
@@ -61,20 +98,24 @@ def main(argv=None):
                         choices=list(MODELS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--against", choices=list(AGAINST), default="keras")
     args = parser.parse_args(argv)
     import jax
 
     print(f"`python benchmarks/jax_train_schedule.py {' '.join(sys.argv[1:])}`\n")
     print(f"jax {jax.__version__}, {os.cpu_count()} cores, batch {args.batch}, default "
-          f"resolution, {args.rounds} alternating rounds; step time: median s; ratio: median of "
-          "per-round memory / default (min-max), < 1: the memory scheduler faster.\n")
-    print("| model | temporaries, default (GB) | memory scheduler (GB) | step, default (s) "
-          "| memory scheduler (s) | ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
+          f"resolution, {args.rounds} alternating rounds. Baseline: {AGAINST[args.against]}. "
+          "Temporaries: XLA's memory analysis; compile: how far the resident memory rose while "
+          "XLA compiled the step (ours first); step time: median s; ratio: median of per-round "
+          "ours / baseline (min-max), < 1: ours faster.\n")
+    print("| model | temporaries, baseline (GB) | ours (GB) | compile, baseline (GB) | ours (GB) "
+          "| step, baseline (s) | ours (s) | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for key in args.models:
-        temp, median, ratios = measure(key, args.batch, args.rounds)
-        print(f"| {MODELS[key]['label']} ({MODELS[key]['size']}²) | {temp['default']:.3f} | "
-              f"{temp['memory']:.3f} | {median['default']:.3f} | {median['memory']:.3f} | "
+        temp, peak, median, ratios = measure(key, args.batch, args.rounds, args.against)
+        print(f"| {MODELS[key]['label']} ({MODELS[key]['size']}²) | {temp['baseline']:.3f} | "
+              f"{temp['ours']:.3f} | {peak['baseline']:.2f} | {peak['ours']:.2f} | "
+              f"{median['baseline']:.3f} | {median['ours']:.3f} | "
               f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |",
               flush=True)
 

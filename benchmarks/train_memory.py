@@ -13,6 +13,7 @@ the whole peak; and the median step time. A worker the kernel kills (out of memo
 
     python benchmarks/train_memory.py --out benchmarks/train_memory.md
     python benchmarks/train_memory.py --models v4_conv_large --impls jax --remat
+    python benchmarks/train_memory.py --impls jax --fusion-emitters
 """
 
 import argparse
@@ -74,7 +75,7 @@ def timm_steps(spec, batch, remat):
     return model, step
 
 
-def worker(impl, key, batch, steps, remat):
+def worker(impl, key, batch, steps, remat, fusion_emitters=False):
     if impl == "timm":
         import torch  # noqa: F401  (before anything that may import TensorFlow)
     else:
@@ -90,6 +91,10 @@ def worker(impl, key, batch, steps, remat):
         import keras
 
         import keras_mobilenets  # noqa: F401
+        if fusion_emitters:  # the train step as compiled before 2026-12-05 (thirteenth session)
+            from keras_mobilenets.layers import compile_memory
+
+            compile_memory._CPU_OPTIONS["xla_cpu_use_fusion_emitters"] = True
         keras.ops.zeros(1)  # the backend's runtime started, as before any model
         build = keras_steps
     base = rss_gb()
@@ -127,7 +132,8 @@ def tensorflow_in_use_gb(impl):
 
 def run_one(impl, key, args):
     cmd = [sys.executable, __file__, "--worker", impl, key, "--batch", str(args.batch),
-           "--steps", str(args.steps)] + (["--remat"] if args.remat else [])
+           "--steps", str(args.steps)] + (["--remat"] if args.remat else []) + (
+               ["--fusion-emitters"] if args.fusion_emitters else [])
     env = dict(os.environ)
     if args.threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
@@ -200,6 +206,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--remat", action="store_true",
                         help="rematerialise in the backward pass (ours and timm)")
+    parser.add_argument("--fusion-emitters", action="store_true",
+                        help="JAX: compile the train step with XLA:CPU's MLIR fusion emitters")
     parser.add_argument("--threads", type=int, default=0,
                         help="thread count of each worker (0: the libraries' default)")
     parser.add_argument("--worker-timeout", type=int, default=1800)
@@ -207,7 +215,7 @@ def main(argv=None):
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.worker[0], args.worker[1], args.batch, args.steps, args.remat)
+        return worker(*args.worker, args.batch, args.steps, args.remat, args.fusion_emitters)
     results = {}
     for key in args.models:
         results[key] = {}

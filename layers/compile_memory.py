@@ -15,7 +15,13 @@ function are left alone; where there is no glibc it does nothing.
 memory-optimising scheduler instead of its default, which orders the
 step's operations for concurrency and so keeps more activations alive at
 once (XLA's memory analysis of a V3 small step at batch 32: 0.547 GB of
-temporaries against 0.376; step times in the benchmarks' README).
+temporaries against 0.376; step times in the benchmarks' README), and with
+XLA:CPU's elemental kernel emitters instead of its MLIR fusion emitters,
+which hold memory for every kernel until the whole step is compiled (a V3
+small step has about 960 kernels; figures in `docs/training_memory.md`).
+The two run the step alike now that the depthwise backward pass no longer
+updates an input-sized buffer in place inside a loop, the one kind of
+kernel the elemental emitters ran slower.
 """
 
 import ctypes
@@ -23,7 +29,10 @@ import ctypes.util
 
 _COMPILED = "/jax/core/compile/backend_compile_duration"
 _state = {"active": 0, "listening": False, "trim": None, "options": None}
-_CPU_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+_CPU_OPTIONS = {
+    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+    "xla_cpu_use_fusion_emitters": False,
+}
 
 
 def _malloc_trim():
@@ -68,18 +77,21 @@ def trimming_after_compile(fn):
 
 
 def cpu_compiler_options():
-    """XLA compile options for a train step: the memory-optimising scheduler
-    on the CPU backend, where this jaxlib knows the option; otherwise {}."""
+    """XLA compile options for a train step on the CPU backend: the
+    memory-optimising scheduler and the elemental kernel emitters, those of
+    them this jaxlib knows; otherwise (another backend) {}."""
     if _state["options"] is None:
         import jax
 
         options = {}
         if jax.default_backend() == "cpu":
-            try:  # an older jaxlib rejects the option (or `compiler_options`)
-                jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(1.0).compile()
-                options = dict(_CPU_OPTIONS)
-            except Exception:
-                pass
+            for name, value in _CPU_OPTIONS.items():
+                try:  # an older jaxlib rejects an option (or `compiler_options`)
+                    trial = {**options, name: value}
+                    jax.jit(lambda x: x + 1, compiler_options=trial).lower(1.0).compile()
+                    options = trial
+                except Exception:
+                    pass
         _state["options"] = options
     return _state["options"]
 
