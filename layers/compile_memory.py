@@ -15,13 +15,15 @@ function are left alone; where there is no glibc it does nothing.
 memory-optimising scheduler instead of its default, which orders the
 step's operations for concurrency and so keeps more activations alive at
 once (XLA's memory analysis of a V3 small step at batch 32: 0.547 GB of
-temporaries against 0.376; step times in the benchmarks' README), and with
-XLA:CPU's elemental kernel emitters instead of its MLIR fusion emitters,
-which hold memory for every kernel until the whole step is compiled (a V3
-small step has about 960 kernels; figures in `docs/training_memory.md`).
-The two run the step alike now that the depthwise backward pass no longer
-updates an input-sized buffer in place inside a loop, the one kind of
-kernel the elemental emitters ran slower.
+temporaries against 0.376; step times in the benchmarks' README). A small
+step (V3 small, V4 conv_small at batch 32) it compiles with XLA:CPU's
+elemental kernel emitters instead of its MLIR fusion emitters, which hold
+memory for every kernel until the whole step is compiled (about 0.5 GB for
+a V3 small step's 960 kernels), more than such a step's own buffers. A
+larger step's buffers outweigh that, and there the MLIR emitters' kernels
+ran some steps faster (V4 hybrid_large); `step_compiler_options` decides
+by XLA's cost analysis of the step before it is compiled (figures in
+`docs/training_memory.md`).
 """
 
 import ctypes
@@ -29,10 +31,13 @@ import ctypes.util
 
 _COMPILED = "/jax/core/compile/backend_compile_duration"
 _state = {"active": 0, "listening": False, "trim": None, "options": None}
-_CPU_OPTIONS = {
-    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
-    "xla_cpu_use_fusion_emitters": False,
-}
+_ELEMENTAL = "xla_cpu_use_fusion_emitters"
+_CPU_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED", _ELEMENTAL: False}
+# Bytes the unfused step reads and writes (XLA's cost analysis) below which
+# its buffers are smaller than what the MLIR emitters hold while compiling:
+# V4 conv_small, V3 small at batch 32: 39 and 42e9 (buffers 0.28, 0.25 GB);
+# V1 98e9 (1.09 GB), V4 hybrid_large 1873e9 (5.7 GB).
+_ELEMENTAL_BELOW_BYTES = 75e9
 
 
 def _malloc_trim():
@@ -77,7 +82,7 @@ def trimming_after_compile(fn):
 
 
 def cpu_compiler_options():
-    """XLA compile options for a train step on the CPU backend: the
+    """XLA compile options for a small train step on the CPU backend: the
     memory-optimising scheduler and the elemental kernel emitters, those of
     them this jaxlib knows; otherwise (another backend) {}."""
     if _state["options"] is None:
@@ -96,11 +101,49 @@ def cpu_compiler_options():
     return _state["options"]
 
 
+def step_compiler_options(lowered):
+    """`cpu_compiler_options()` for the lowered step `lowered`, without the
+    elemental emitters where XLA's cost analysis puts the step at or above
+    `_ELEMENTAL_BELOW_BYTES` (or has no figure)."""
+    options = dict(cpu_compiler_options())
+    if _ELEMENTAL in options:
+        try:
+            accessed = (lowered.cost_analysis() or {}).get("bytes accessed")
+        except Exception:  # a backend without a cost model
+            accessed = None
+        if accessed is None or accessed >= _ELEMENTAL_BELOW_BYTES:
+            del options[_ELEMENTAL]
+    return options
+
+
+class _StepCompiledPerShape:
+    """A jitted train step compiled once per shape of its data batch, with
+    the compile options `step_compiler_options` picks for that step."""
+
+    def __init__(self, jitted):
+        self.jitted = jitted
+        self.compiled = {}
+
+    def compiled_for(self, state, data):
+        import jax
+
+        leaves, treedef = jax.tree.flatten(data)
+        key = (treedef, tuple((getattr(v, "shape", ()), str(getattr(v, "dtype", type(v))))
+                              for v in leaves))
+        if key not in self.compiled:
+            lowered = self.jitted.lower(state, data)
+            self.compiled[key] = lowered.compile(step_compiler_options(lowered))
+        return self.compiled[key]
+
+    def __call__(self, state, data):
+        return self.compiled_for(state, data)(state, data)
+
+
 def memory_scheduled_train_step(model):
     """`model.train_step` jitted as Keras' JAX trainer jits it (state
-    donated), with `cpu_compiler_options()`; None where Keras would not jit
-    it so (run eagerly, `jit_compile=False`, a distribution, Flax NNX) or
-    there are no options to add."""
+    donated) and compiled with `step_compiler_options`; None where Keras
+    would not jit it so (run eagerly, `jit_compile=False`, a distribution,
+    Flax NNX) or there are no options to add."""
     import jax
     from keras.src.backend.config import is_nnx_enabled
     from keras.src.distribution import distribution_lib
@@ -109,7 +152,6 @@ def memory_scheduled_train_step(model):
         return None
     if distribution_lib.distribution() is not None or is_nnx_enabled():
         return None
-    options = cpu_compiler_options()
-    if not options:
+    if not cpu_compiler_options():
         return None
-    return jax.jit(model.train_step, donate_argnums=0, compiler_options=options)
+    return _StepCompiledPerShape(jax.jit(model.train_step, donate_argnums=0))

@@ -75,9 +75,11 @@ def test_train_step_compiled_with_the_memory_scheduler_keeps_less_and_steps_alik
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                  optimizer_variables=True, metrics_variables=True)
     ours = compile_memory.memory_scheduled_train_step(model)
-    temp = [f.lower(state, (x, y, None)).compile().memory_analysis().temp_size_in_bytes
-            for f in (ours, keras_own)]
+    compiled = (ours.compiled_for(state, (x, y, None)), keras_own.lower(state, (x, y, None)).compile())
+    temp = [c.memory_analysis().temp_size_in_bytes for c in compiled]
     assert temp[0] < temp[1]
+    assert ours.compiled_for(state, (x, y, None)) is compiled[0]  # once per batch shape
+    assert ours.compiled_for(state, (x[:4], y[:4], None)) is not compiled[0]
 
 
 def _rss_mib(field):
@@ -98,13 +100,13 @@ def test_train_step_compiles_with_the_elemental_emitters_in_less_memory():
     trim = compile_memory._malloc_trim()
     if trim is None:
         pytest.skip("needs glibc, to start each compile from a trimmed heap")
-    ours = compile_memory.cpu_compiler_options()
-    assert ours["xla_cpu_use_fusion_emitters"] is False
     model = _small_model()
     model.optimizer.build(model.trainable_variables)
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                  optimizer_variables=True, metrics_variables=True)
     data = (random_images(8, 32, 32), np.array([0, 1, 2, 0, 1, 2, 0, 1]), None)
+    ours = compile_memory.step_compiler_options(jax.jit(model.train_step).lower(state, data))
+    assert ours["xla_cpu_use_fusion_emitters"] is False  # a small step
     peaks = []
     # Ours first: the second compile could reuse what the first freed.
     for options in (ours, {**ours, "xla_cpu_use_fusion_emitters": True}):
@@ -119,3 +121,26 @@ def test_train_step_compiles_with_the_elemental_emitters_in_less_memory():
         lowered.compile()
         peaks.append(_rss_mib("VmHWM:") - start)
     assert peaks[0] < 0.5 * peaks[1], peaks  # measured 17-29 against 131 MiB
+
+
+class _Lowered:
+    def __init__(self, analysis):
+        self.analysis = analysis
+
+    def cost_analysis(self):
+        if isinstance(self.analysis, Exception):
+            raise self.analysis
+        return self.analysis
+
+
+@pytest.mark.parametrize("analysis, elemental", [
+    ({"bytes accessed": 4.2e10}, True),  # V3 small at batch 32
+    ({"bytes accessed": 9.8e10}, False),  # V1 at batch 32: its buffers outweigh the compile's
+    ({}, False), (None, False), (NotImplementedError("no cost model"), False),
+])
+def test_the_elemental_emitters_only_for_a_step_smaller_than_their_saving(analysis, elemental):
+    from keras_mobilenets.layers import compile_memory
+
+    options = compile_memory.step_compiler_options(_Lowered(analysis))
+    assert ("xla_cpu_use_fusion_emitters" in options) is elemental
+    assert options["xla_cpu_scheduler_type"] == "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
