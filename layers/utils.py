@@ -334,13 +334,7 @@ def _jax_pointwise_product():
     def backward(saved, grad):
         x, kernel = saved
         dx = grad @ kernel[0, 0].astype(grad.dtype).T
-        # The product over the batch's pixels runs on a copy of one operand with
-        # the pixels innermost (YNNPACK's layout); the narrower one is cheaper.
-        if x.shape[-1] <= grad.shape[-1]:
-            dk = jnp.einsum("nhwc,nhwo->co", x, grad)
-        else:
-            dk = jnp.einsum("nhwo,nhwc->oc", grad, x).T
-        dk = dk[None, None].astype(kernel.dtype)
+        dk = jnp.einsum("nhwc,nhwo->co", x, grad)[None, None].astype(kernel.dtype)
         return dx, dk
 
     product.defvjp(forward, backward)
