@@ -1,17 +1,19 @@
 """JAX training step: the library's XLA:CPU compile options against a baseline.
 
 The library's train function on JAX compiles the step with XLA:CPU's
-memory-optimising scheduler and its elemental kernel emitters
-(`keras_mobilenets.layers.compile_memory.cpu_compiler_options`). This
-compiles the same step of one model ours and the baseline's way, in one
-process: `--against keras`, Keras' own `jax.jit(model.train_step)`;
-`--against fusion-emitters`, ours with XLA:CPU's MLIR fusion emitters (its
-default). It prints XLA's memory analysis of each (temporaries: the
-activations and gradients a step holds at its peak), how far the resident
-memory rose while each compiled (ours first, from a trimmed heap; the
-second compile may reuse what the first freed, which favours the
-baseline) and times the two alternating, round by round. Peak resident
-memory per process is `train_memory.py`'s.
+memory-optimising scheduler and, for a small step, its elemental kernel
+emitters (`keras_mobilenets.layers.compile_memory.step_compiler_options`).
+This compiles the same step of one model ours and the baseline's way, in
+one process: `--against keras`, ours as the train function compiles it
+against Keras' own `jax.jit(model.train_step)`; `--against
+fusion-emitters`, ours with the elemental emitters whatever the step's
+size against ours with XLA:CPU's MLIR fusion emitters (its default). It
+prints XLA's memory analysis of each (temporaries: the activations and
+gradients a step holds at its peak), how far the resident memory rose
+while each compiled (ours first, from a trimmed heap; the second compile
+may reuse what the first freed, which favours the baseline) and times the
+two alternating, round by round. Peak resident memory per process is
+`train_memory.py`'s.
 
     python benchmarks/jax_train_schedule.py --models v3_small v4_conv_small --rounds 7
     python benchmarks/jax_train_schedule.py --against fusion-emitters --rounds 9
@@ -44,9 +46,9 @@ def rss_gb(field="VmRSS:"):
     return float("nan")
 
 
-def compile_peak(lowered):
-    """The compiled step, and how far the resident memory rose while XLA
-    compiled it (GB; NaN where the peak cannot be reset)."""
+def compile_peak(lowered, options):
+    """`lowered` compiled with `options`, and how far the resident memory
+    rose while XLA compiled it (GB; NaN where the peak cannot be reset)."""
     from keras_mobilenets.layers import compile_memory
 
     trim = compile_memory._malloc_trim()
@@ -57,8 +59,8 @@ def compile_peak(lowered):
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak (VmHWM) to the current resident memory
     except OSError:
-        return lowered.compile(), float("nan")
-    compiled = lowered.compile()
+        return lowered.compile(options), float("nan")
+    compiled = lowered.compile(options)
     return compiled, rss_gb("VmHWM:") - start
 
 
@@ -72,16 +74,18 @@ def measure(key, batch, rounds, against):
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                  optimizer_variables=True, metrics_variables=True)
     data = (x, y, None)
-    ours = compile_memory.cpu_compiler_options()
-    baseline = {"keras": None, "fusion-emitters": {**ours, "xla_cpu_use_fusion_emitters": True}}
     # Not donating the state, so that both run on the same arrays turn by turn.
-    steps = {"ours": jax.jit(model.train_step, compiler_options=ours),
-             "baseline": jax.jit(model.train_step, compiler_options=baseline[against])}
+    lowered = jax.jit(model.train_step).lower(state, data)
+    if against == "keras":  # ours as the train function compiles it
+        options = {"ours": compile_memory.step_compiler_options(lowered), "baseline": None}
+    else:  # ours with the elemental emitters whatever the step's size
+        ours = compile_memory.cpu_compiler_options()
+        options = {"ours": ours, "baseline": {**ours, "xla_cpu_use_fusion_emitters": True}}
     compiled, temp, peak = {}, {}, {}
     # Both compiled before either runs: JAX frees a step's buffers after it returns, which
     # would lower the resident memory while the second compiles.
-    for name, step in steps.items():
-        compiled[name], peak[name] = compile_peak(step.lower(state, data))
+    for name in ("ours", "baseline"):
+        compiled[name], peak[name] = compile_peak(lowered, options[name])
         temp[name] = compiled[name].memory_analysis().temp_size_in_bytes / 1e9
     for fn in compiled.values():
         jax.block_until_ready(fn(state, data))
