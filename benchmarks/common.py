@@ -81,6 +81,19 @@ MODEL_GROUPS = {
 }
 
 
+def status_gb(field="VmRSS:"):
+    """A memory line of /proc/self/status in GB (VmRSS: resident now, VmHWM:
+    its peak); NaN where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
 def log(*args):
     print(*args, file=sys.stderr, flush=True)
 

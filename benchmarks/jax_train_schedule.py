@@ -27,7 +27,7 @@ import time
 
 os.environ["KERAS_BACKEND"] = "jax"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import MODELS, REPO_ROOT, compiled_model_and_batch  # noqa: E402
+from common import MODELS, REPO_ROOT, compiled_model_and_batch, status_gb  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -38,14 +38,6 @@ AGAINST = {
 }
 
 
-def rss_gb(field="VmRSS:"):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
 def compile_peak(lowered, options):
     """`lowered` compiled with `options`, and how far the resident memory
     rose while XLA compiled it (GB; NaN where the peak cannot be reset)."""
@@ -54,14 +46,14 @@ def compile_peak(lowered, options):
     trim = compile_memory._malloc_trim()
     if trim is not None:
         trim(0)
-    start = rss_gb()
+    start = status_gb()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak (VmHWM) to the current resident memory
     except OSError:
         return lowered.compile(options), float("nan")
     compiled = lowered.compile(options)
-    return compiled, rss_gb("VmHWM:") - start
+    return compiled, status_gb("VmHWM:") - start
 
 
 def measure(key, batch, rounds, against):

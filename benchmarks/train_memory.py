@@ -26,17 +26,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import KERAS_BACKENDS, MODELS, REPO_ROOT, compiled_model_and_batch  # noqa: E402
+from common import (  # noqa: E402
+    KERAS_BACKENDS,
+    MODELS,
+    REPO_ROOT,
+    compiled_model_and_batch,
+    status_gb,
+)
 
 IMPLS = KERAS_BACKENDS + ("timm",)
-
-
-def rss_gb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def peak_gb():
@@ -97,9 +95,9 @@ def worker(impl, key, batch, steps, remat, fusion_emitters=False):
             compile_memory._CPU_OPTIONS["xla_cpu_use_fusion_emitters"] = True
         keras.ops.zeros(1)  # the backend's runtime started, as before any model
         build = keras_steps
-    base = rss_gb()
+    base = status_gb()
     _, step = build(spec, batch, remat)
-    built = rss_gb()
+    built = status_gb()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()

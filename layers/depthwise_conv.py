@@ -99,7 +99,7 @@ def _shift_depthwise(x, kernel, pads, out_hw, strides):
             d_kernel = ops.zeros((kh * kw, channels), x.dtype)
             # Outside the loop, which carries only the kernel gradient: an
             # input-sized carry costs XLA more memory, and XLA:CPU's elemental
-            # kernel emitters run its in-place updates at half speed.
+            # kernel emitters ran its in-place updates several times slower.
             dx = _input_gradient(upstream, kernel, (rows, cols), strides)
             d_kernel = ops.fori_loop(0, kh * kw, kernel_step, d_kernel)
             dxp = ops.reshape(dx, (n, rows * sh, cols * sw, channels))
