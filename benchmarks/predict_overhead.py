@@ -29,6 +29,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="v3_small", choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--size", type=int, default=None,
+                        help="input size (default: the model's); a small one leaves the host's work")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute")
@@ -43,7 +45,7 @@ def main():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     spec = MODELS[args.model]
-    size = spec["size"]
+    size = args.size or spec["size"]
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     namespace = {}
@@ -83,7 +85,7 @@ def main():
     rounds = alternate(runners, args.rounds, args.calls)
     ratios = {name: [a / b for a, b in zip(values, rounds["timm compiled"])]
               for name, values in rounds.items()}
-    print(f"\n{args.model}, batch {args.batch}, {device}, "
+    print(f"\n{args.model}, batch {args.batch}, {size}x{size}, {device}, "
           f"{'mixed bfloat16' if args.mixed_precision else 'float32'}: "
           f"{args.rounds} rounds of {args.calls} calls")
     print("| runner | median ms | rounds (min-max) | / timm compiled (min-max) |")

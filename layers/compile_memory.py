@@ -24,15 +24,28 @@ larger step's buffers outweigh that, and there the MLIR emitters' kernels
 ran some steps faster (V4 hybrid_large); `step_compiler_options` decides
 by XLA's cost analysis of the step before it is compiled (figures in
 `docs/training_memory.md`).
+
+Every step this library compiles on XLA:CPU (training, `predict`,
+`evaluate`, `predict_on_batch`) leaves full convolutions to XLA's own
+(Eigen) kernels instead of YNNPACK, which it keeps for matrix products and
+reductions, as XLA does by default (`cpu_speed_options`). YNNPACK ran a
+batch of 32 through a 3x3 convolution at 112x112 (32 channels, stride 2)
+4x slower than Eigen, and its kernel gradients up to 4.6x slower
+(measured in `docs/speed.md`).
 """
 
 import ctypes
 import ctypes.util
 
 _COMPILED = "/jax/core/compile/backend_compile_duration"
-_state = {"active": 0, "listening": False, "trim": None, "options": None}
+_state = {"active": 0, "listening": False, "trim": None, "options": None, "speed": None}
 _ELEMENTAL = "xla_cpu_use_fusion_emitters"
-_CPU_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED", _ELEMENTAL: False}
+# XLA's default library fusions (jaxlib 0.10: individual dots and
+# convolutions, reductions) but the convolutions.
+_SPEED_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+_CPU_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED", _ELEMENTAL: False,
+                **_SPEED_OPTIONS}
 # Bytes the unfused step reads and writes (XLA's cost analysis) below which
 # its buffers are smaller than what the MLIR emitters hold while compiling:
 # V4 conv_small, V3 small at batch 32: 39 and 42e9 (buffers 0.28, 0.25 GB);
@@ -81,24 +94,40 @@ def trimming_after_compile(fn):
     return call
 
 
+def _known(wanted):
+    """The options of `wanted` this jaxlib takes, on the CPU backend; {} on
+    another backend."""
+    import jax
+
+    options = {}
+    if jax.default_backend() == "cpu":
+        for name, value in wanted.items():
+            try:  # an older jaxlib rejects an option (or `compiler_options`)
+                trial = {**options, name: value}
+                jax.jit(lambda x: x + 1, compiler_options=trial).lower(1.0).compile()
+                options = trial
+            except Exception:
+                pass
+    return options
+
+
 def cpu_compiler_options():
     """XLA compile options for a small train step on the CPU backend: the
-    memory-optimising scheduler and the elemental kernel emitters, those of
-    them this jaxlib knows; otherwise (another backend) {}."""
+    memory-optimising scheduler, the elemental kernel emitters and
+    `cpu_speed_options`, those of them this jaxlib knows; otherwise
+    (another backend) {}."""
     if _state["options"] is None:
-        import jax
-
-        options = {}
-        if jax.default_backend() == "cpu":
-            for name, value in _CPU_OPTIONS.items():
-                try:  # an older jaxlib rejects an option (or `compiler_options`)
-                    trial = {**options, name: value}
-                    jax.jit(lambda x: x + 1, compiler_options=trial).lower(1.0).compile()
-                    options = trial
-                except Exception:
-                    pass
-        _state["options"] = options
+        _state["options"] = _known(_CPU_OPTIONS)
     return _state["options"]
+
+
+def cpu_speed_options():
+    """XLA compile options for any step on the CPU backend: full
+    convolutions in XLA's own kernels, not YNNPACK's ({} where this jaxlib
+    or backend has no such option)."""
+    if _state["speed"] is None:
+        _state["speed"] = _known(_SPEED_OPTIONS)
+    return _state["speed"]
 
 
 def step_compiler_options(lowered):

@@ -23,6 +23,8 @@ itself as well. Under torch.compile the plain `keras.ops` route is traced
 (no cache in the graph), as one graph.
 """
 
+import contextlib
+import functools
 import types
 
 import keras
@@ -221,10 +223,12 @@ class FastFunctional(FastCall, Functional):
         `tf.function` and `jax.jit` do with Keras' predict function on the
         other backends: a model's Python attributes are read once, when
         traced. Keras drops the predict function in `compile()` and
-        `quantize()`, the calls that change what a model computes.
+        `quantize()`, the calls that change what a model computes. On JAX
+        the step is compiled with `cpu_speed_options` (XLA:CPU).
         """
         made = force or self.predict_function is None
-        super().make_predict_function(force)
+        with _jax_steps_with_speed_options(self):
+            super().make_predict_function(force)
         fn = getattr(self.predict_function, "_torchdynamo_orig_callable", None)
         if made and fn is not None:
             compiled = torch.compile(
@@ -240,6 +244,11 @@ class FastFunctional(FastCall, Functional):
             predict_function._torchdynamo_orig_callable = compiled._torchdynamo_orig_callable
             self.predict_function = predict_function
         return self.predict_function
+
+    def make_test_function(self, force=False):
+        """Keras' test function; on JAX compiled with `cpu_speed_options`."""
+        with _jax_steps_with_speed_options(self):
+            return super().make_test_function(force)
 
     def predict_on_batch(self, x):
         """Keras' `predict_on_batch`; on JAX without its round trip of every variable.
@@ -445,11 +454,40 @@ def _jax_variables(model):
     return variables
 
 
+@contextlib.contextmanager
+def _jax_steps_with_speed_options(model):
+    """While this runs, Keras' JAX trainer jits the steps it makes with
+    `compile_memory.cpu_speed_options()` (on XLA:CPU: full convolutions in
+    XLA's own kernels). Keras passes no compile options to `jax.jit`, and
+    its step wrappers (outputs, state, sharding) stay its own this way."""
+    options = None
+    if keras.backend.backend() == "jax" and model.jit_compile and not model.run_eagerly:
+        from keras.src.backend.config import is_nnx_enabled
+
+        from .compile_memory import cpu_speed_options
+
+        options = None if is_nnx_enabled() else cpu_speed_options()  # NNX: Flax's own jit
+    if not options:
+        yield
+        return
+    from keras.src.backend.jax import trainer
+
+    jit = trainer.jit
+    trainer.jit = functools.partial(jit, compiler_options=options)
+    try:
+        yield
+    finally:
+        trainer.jit = jit
+
+
 def _jax_predict_step(model):
     """`model`'s inference as one jitted function of its variables' values and a
     batch: the outputs, and {index: value} of the non-trainable variables a layer
-    assigned (a traced value that is not the one passed in)."""
+    assigned (a traced value that is not the one passed in); compiled with
+    `cpu_speed_options`."""
     import jax
+
+    from .compile_memory import cpu_speed_options
 
     kwargs = {"training": False} if model._call_has_training_arg else {}
 
@@ -457,7 +495,7 @@ def _jax_predict_step(model):
         outputs, new = model.stateless_call(trainable, non_trainable, x, **kwargs)
         return outputs, {i: n for i, (n, o) in enumerate(zip(new, non_trainable)) if n is not o}
 
-    return jax.jit(step)
+    return jax.jit(step, compiler_options=cpu_speed_options() or None)
 
 
 def _fixed_sizes(model, input_signature=None):

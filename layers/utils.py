@@ -158,6 +158,16 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0,
     if backend == "jax" and conv_op is ops.conv and not pad and _jax_pointwise(kernel, strides):
         y = _jax_pointwise_product()(ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel))
         return y if bias is None else y + bias
+    if backend == "jax" and conv_op is ops.conv and _jax_strided(inputs, kernel, strides,
+                                                                 dilation_rate):
+        from .jax_strided_conv import strided_conv
+
+        sizes = zip(inputs.shape[1:3], kernel.shape[:2], _pair(strides))
+        pads = tuple((pad + before, pad + after) for before, after in (
+            same_pads(n + 2 * pad, k, s) if padding == "same" else (0, 0) for n, k, s in sizes))
+        y = strided_conv(_pair(strides), pads)(ops.convert_to_tensor(inputs),
+                                                ops.convert_to_tensor(kernel))
+        return y if bias is None else y + bias
     if backend != "torch":
         if pad:
             inputs = ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
@@ -315,6 +325,15 @@ def _jax_pointwise(kernel, strides):
             and _pair(strides) == (1, 1) and jax_on_cpu())
 
 
+def _jax_strided(x, kernel, strides, dilation_rate):
+    """Whether JAX should run this convolution through
+    `jax_strided_conv.strided_conv`: strided, undilated, not grouped, on
+    XLA's CPU backend, outside `pointwise_as_conv`."""
+    return (_POINTWISE_AS_MATMUL[0] and _pair(strides) != (1, 1)
+            and _pair(dilation_rate) == (1, 1) and kernel.shape[2] == x.shape[-1]
+            and all(isinstance(n, int) for n in x.shape[1:3]) and jax_on_cpu())
+
+
 @functools.cache
 def _jax_pointwise_product():
     """`x @ kernel[0, 0]` with its gradients as products of the tensors as
@@ -349,7 +368,8 @@ def jax_on_cpu():
 
 @contextlib.contextmanager
 def pointwise_as_conv(enabled=True):
-    """Keep 1x1 convolutions as convolutions on JAX while this runs.
+    """Keep 1x1 convolutions as convolutions on JAX while this runs, and
+    strided ones without `jax_strided_conv`'s gradient.
     Exports use it: their graphs (ONNX `Conv` nodes, SavedModel `Conv2D`)
     and the latencies measured of them stay as they were; the product in an
     exported runtime is not measured."""
