@@ -30,7 +30,7 @@ Every step this library compiles on XLA:CPU (training, `predict`,
 (Eigen) kernels instead of YNNPACK, which it keeps for matrix products and
 reductions, as XLA does by default (`cpu_speed_options`). YNNPACK ran a
 batch of 32 through a 3x3 convolution at 112x112 (32 channels, stride 2)
-4x slower than Eigen, and its kernel gradients up to 4.6x slower
+4.3x slower than Eigen, and its kernel gradients up to 4.6x slower
 (measured in `docs/speed.md`).
 """
 
@@ -38,7 +38,7 @@ import ctypes
 import ctypes.util
 
 _COMPILED = "/jax/core/compile/backend_compile_duration"
-_state = {"active": 0, "listening": False, "trim": None, "options": None, "speed": None}
+_state = {"active": 0, "listening": False, "trim": None, "options": None}
 _ELEMENTAL = "xla_cpu_use_fusion_emitters"
 # XLA's default library fusions (jaxlib 0.10: individual dots and
 # convolutions, reductions) but the convolutions.
@@ -94,30 +94,24 @@ def trimming_after_compile(fn):
     return call
 
 
-def _known(wanted):
-    """The options of `wanted` this jaxlib takes, on the CPU backend; {} on
-    another backend."""
-    import jax
-
-    options = {}
-    if jax.default_backend() == "cpu":
-        for name, value in wanted.items():
-            try:  # an older jaxlib rejects an option (or `compiler_options`)
-                trial = {**options, name: value}
-                jax.jit(lambda x: x + 1, compiler_options=trial).lower(1.0).compile()
-                options = trial
-            except Exception:
-                pass
-    return options
-
-
 def cpu_compiler_options():
     """XLA compile options for a small train step on the CPU backend: the
     memory-optimising scheduler, the elemental kernel emitters and
     `cpu_speed_options`, those of them this jaxlib knows; otherwise
     (another backend) {}."""
     if _state["options"] is None:
-        _state["options"] = _known(_CPU_OPTIONS)
+        import jax
+
+        options = {}
+        if jax.default_backend() == "cpu":
+            for name, value in _CPU_OPTIONS.items():
+                try:  # an older jaxlib rejects an option (or `compiler_options`)
+                    trial = {**options, name: value}
+                    jax.jit(lambda x: x + 1, compiler_options=trial).lower(1.0).compile()
+                    options = trial
+                except Exception:
+                    pass
+        _state["options"] = options
     return _state["options"]
 
 
@@ -125,9 +119,7 @@ def cpu_speed_options():
     """XLA compile options for any step on the CPU backend: full
     convolutions in XLA's own kernels, not YNNPACK's ({} where this jaxlib
     or backend has no such option)."""
-    if _state["speed"] is None:
-        _state["speed"] = _known(_SPEED_OPTIONS)
-    return _state["speed"]
+    return {k: v for k, v in cpu_compiler_options().items() if k in _SPEED_OPTIONS}
 
 
 def step_compiler_options(lowered):
