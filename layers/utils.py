@@ -148,7 +148,9 @@ def conv_nhwc(conv_op, inputs, kernel, strides, padding, dilation_rate=1, pad=0,
     made Inductor (torch.compile) write the feature map once more. On
     TensorFlow `pad` is the convolution's explicit padding
     (`_tf_conv_nhwc`). On JAX on CPU a 1x1 convolution at stride 1 is a
-    matrix product over the channels (`_jax_pointwise`). Elsewhere this is
+    matrix product over the channels (`_jax_pointwise`), and a strided one
+    takes its input gradient by stride phase (`jax_strided_conv`; padding
+    and `pad` become the convolution's own). Elsewhere this is
     the plain channels-last op, plus `bias` (on TensorFlow a `BiasAdd`:
     `_tf_bias_add`).
     """
