@@ -91,8 +91,7 @@ def _library_convolutions(hlo):
     count, inside = 0, False
     for line in hlo.splitlines():
         if line and not line.startswith(" "):  # a computation's header (or its end)
-            inside = any(line.split(" ")[0] == name or line.startswith(name + " ")
-                         for name in called)
+            inside = line.split(" ")[0] in called
         elif inside and " convolution(" in line:
             count += 1
     return count
